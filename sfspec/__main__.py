@@ -1,0 +1,5 @@
+import sys
+
+from sfspec.cli import main
+
+sys.exit(main())

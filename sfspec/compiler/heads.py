@@ -1,0 +1,203 @@
+"""Action heads: distribution parameters from features, and the distributions over flat actions.
+
+Every action space is handled as one flat float tensor (batch, layout.size): a categorical part
+takes one column (the index), a MultiDiscrete part one per dimension, MultiBinary one per bit and
+a Box part one per dimension. The distribution math is written out (no torch.distributions) so it
+stays cheap in the rollout loop and exports cleanly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sfspec.compiler.spaces import ActionLayout, ActionPart
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_MASKED_LOGIT = -1e8  # finite, so a fully masked row stays a number
+
+
+class ActionHead(nn.Module):
+    """Linear layer from features to the parameters of every action part."""
+
+    def __init__(self, in_size: int, layout: ActionLayout, std: dict, bounds: str):
+        super().__init__()
+        self.layout = layout
+        self.bounds = bounds
+        self.state_dependent_std = std.get("mode") == "state_dependent"
+        self.log_std_min = math.log(std.get("min", 1e-6))
+        self.log_std_max = math.log(std.get("max", 10.0))
+        self.param_sizes = [self._param_size(p) for p in layout.parts]
+        self.linear = nn.Linear(in_size, sum(self.param_sizes))
+        gaussian_dims = sum(p.size for p in layout.parts if p.kind == "gaussian")
+        if gaussian_dims and not self.state_dependent_std:
+            self.log_std = nn.Parameter(torch.full((gaussian_dims,), math.log(std.get("init", 1.0))))
+        else:
+            self.register_parameter("log_std", None)
+        if self.state_dependent_std:
+            self.std_bias = math.log(std.get("init", 1.0))
+        low = [v for p in layout.parts if p.kind == "gaussian" for v in p.low]
+        high = [v for p in layout.parts if p.kind == "gaussian" for v in p.high]
+        self.register_buffer("low", torch.tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("high", torch.tensor(high, dtype=torch.float32), persistent=False)
+        offsets = [float(o) for p in layout.parts for o in (p.offset if p.discrete and p.offset else [0.0] * p.size)]
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32), persistent=False)
+
+    def _param_size(self, part: ActionPart) -> int:
+        if part.kind in ("categorical", "multi_categorical"):
+            return sum(part.categories)
+        if part.kind == "bernoulli":
+            return part.size
+        return part.size * (2 if self.state_dependent_std else 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Distribution parameters (batch, P)."""
+        return self.linear(features)
+
+    def distribution(self, params: torch.Tensor, mask: torch.Tensor | None = None) -> ActionDistribution:
+        """The action distribution for these parameters (and an optional discrete-action mask)."""
+        return ActionDistribution(self, params, mask)
+
+    def to_env(self, actions: torch.Tensor) -> torch.Tensor:
+        """Flat actions in the environment's units: bounds applied, discrete start offsets added."""
+        out = actions + self.offsets
+        if self.low.numel() == 0 or self.bounds == "none":
+            return out
+        columns = self._gaussian_columns()
+        raw = actions[:, columns]
+        if self.bounds == "clip":
+            mapped = torch.maximum(torch.minimum(raw, self.high), self.low)
+        else:  # tanh: squash into (low, high)
+            mapped = self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
+        return _put_columns(out, columns, mapped)
+
+    def _gaussian_columns(self) -> list[int]:
+        columns, start = [], 0
+        for part in self.layout.parts:
+            if part.kind == "gaussian":
+                columns += list(range(start, start + part.size))
+            start += part.size
+        return columns
+
+
+def _put_columns(base: torch.Tensor, columns: list[int], values: torch.Tensor) -> torch.Tensor:
+    """``base`` with ``columns`` replaced by ``values`` (export-friendly: no in-place writes)."""
+    if columns == list(range(base.shape[1])):
+        return values
+    pieces, j = [], 0
+    for c in range(base.shape[1]):
+        if j < len(columns) and columns[j] == c:
+            pieces.append(values[:, j : j + 1])
+            j += 1
+        else:
+            pieces.append(base[:, c : c + 1])
+    return torch.cat(pieces, dim=1)
+
+
+class ActionDistribution:
+    """The joint distribution of all action parts (independent), over flat actions."""
+
+    def __init__(self, head: ActionHead, params: torch.Tensor, mask: torch.Tensor | None):
+        self.head = head
+        self.parts: list[tuple[ActionPart, torch.Tensor, torch.Tensor | None]] = []
+        p_start, m_start, g_start = 0, 0, 0
+        for part, size in zip(head.layout.parts, head.param_sizes):
+            p = params[:, p_start : p_start + size]
+            p_start += size
+            extra = None
+            if part.kind in ("categorical", "multi_categorical"):
+                width = sum(part.categories)
+                if mask is not None:
+                    p = p.masked_fill(mask[:, m_start : m_start + width] < 0.5, _MASKED_LOGIT)
+                m_start += width
+            elif part.kind == "gaussian":
+                if head.state_dependent_std:
+                    mean, log_std = p[:, : part.size], p[:, part.size :] + head.std_bias
+                else:
+                    mean, log_std = p, head.log_std[g_start : g_start + part.size].expand_as(p)
+                g_start += part.size
+                p, extra = mean, log_std.clamp(head.log_std_min, head.log_std_max)
+            self.parts.append((part, p, extra))
+
+    def _columns(self, actions: torch.Tensor):
+        start = 0
+        for part, p, extra in self.parts:
+            yield part, p, extra, actions[:, start : start + part.size]
+            start += part.size
+
+    def sample(self) -> torch.Tensor:
+        """A random flat action per row."""
+        out = []
+        for part, p, extra in self.parts:
+            if part.kind == "gaussian":
+                out.append(p + extra.exp() * torch.randn_like(p))
+            elif part.kind == "bernoulli":
+                out.append((torch.rand_like(p) < torch.sigmoid(p)).to(p.dtype))
+            else:
+                out.append(torch.stack([_gumbel_argmax(lg) for lg in _split(p, part.categories)], dim=1).to(p.dtype))
+        return torch.cat(out, dim=1)
+
+    def mode(self) -> torch.Tensor:
+        """The most likely flat action per row (the mean for Gaussians)."""
+        out = []
+        for part, p, _ in self.parts:
+            if part.kind == "gaussian":
+                out.append(p)
+            elif part.kind == "bernoulli":
+                out.append((p > 0).to(p.dtype))
+            else:
+                out.append(torch.stack([lg.argmax(dim=1) for lg in _split(p, part.categories)], dim=1).to(p.dtype))
+        return torch.cat(out, dim=1)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """Log-probability (batch,) of flat actions, tanh squashing included."""
+        total = torch.zeros(actions.shape[0], device=actions.device, dtype=actions.dtype)
+        g_start = 0
+        for part, p, extra, a in self._columns(actions):
+            if part.kind == "gaussian":
+                z = (a - p) / extra.exp()
+                total = total + (-0.5 * z * z - extra - _LOG_SQRT_2PI).sum(dim=1)
+                if self.head.bounds == "tanh":
+                    span = self.head.high[g_start : g_start + part.size] - self.head.low[g_start : g_start + part.size]
+                    total = total - (torch.log(span * 0.5) + _log1m_tanh2(a)).sum(dim=1)
+                g_start += part.size
+            elif part.kind == "bernoulli":
+                total = total - F.binary_cross_entropy_with_logits(p, a, reduction="none").sum(dim=1)
+            else:
+                for i, lg in enumerate(_split(p, part.categories)):
+                    logp = F.log_softmax(lg, dim=1)
+                    total = total + logp.gather(1, a[:, i : i + 1].long()).squeeze(1)
+        return total
+
+    def entropy(self) -> torch.Tensor:
+        """Entropy (batch,); for tanh-squashed Gaussians, that of the Gaussian before squashing."""
+        total = 0.0
+        for part, p, extra in self.parts:
+            if part.kind == "gaussian":
+                total = total + (0.5 + _LOG_SQRT_2PI + extra).sum(dim=1)
+            elif part.kind == "bernoulli":
+                prob = torch.sigmoid(p)
+                total = total + F.binary_cross_entropy_with_logits(p, prob, reduction="none").sum(dim=1)
+            else:
+                for lg in _split(p, part.categories):
+                    logp = F.log_softmax(lg, dim=1)
+                    total = total - (logp.exp() * logp).sum(dim=1)
+        return total
+
+
+def _split(logits: torch.Tensor, sizes: tuple) -> tuple[torch.Tensor, ...]:
+    return torch.split(logits, list(sizes), dim=1) if len(sizes) > 1 else (logits,)
+
+
+def _gumbel_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Sample a categorical by the Gumbel-max trick (one random draw, no multinomial)."""
+    u = torch.rand_like(logits).clamp_(1e-10, 1.0 - 1e-7)
+    return (logits - torch.log(-torch.log(u))).argmax(dim=1)
+
+
+def _log1m_tanh2(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - tanh(x)^2), computed stably."""
+    return 2.0 * (math.log(2.0) - x - F.softplus(-2.0 * x))

@@ -1,0 +1,205 @@
+"""The actor-critic interface shared by the runtime and the export, and observation preprocessing.
+
+Observations enter the model raw, as a dict of tensors keyed by input name (``obs`` for a plain
+space): preprocessing (image layout and scale, one-hot codes) and the running normaliser are
+inside, so a saved or exported model needs nothing beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sfspec.compiler.heads import ActionHead
+from sfspec.compiler.spaces import ObsInput, action_layout, observation_inputs
+
+ObsDict = dict[str, torch.Tensor]
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of a stream of batches (parallel Welford update)."""
+
+    def __init__(self, shape: tuple):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape))
+        self.register_buffer("var", torch.ones(shape))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Fold a batch (batch, *shape) into the statistics."""
+        x = x.reshape(-1, *self.mean.shape).to(torch.float64)
+        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        total = self.count + n
+        delta = batch_mean - self.mean
+        new_mean = self.mean + delta * (n / total)
+        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+
+class ObsPreprocessor(nn.Module):
+    """Raw observations to network inputs: dtype, layout, scale, one-hot, normalisation."""
+
+    def __init__(self, inputs: dict[str, ObsInput], normalize_keys: tuple, clip: float, epsilon: float):
+        super().__init__()
+        self.inputs = inputs
+        self.keys = list(inputs)
+        self.clip = clip
+        self.epsilon = epsilon
+        self.normalize_keys = list(normalize_keys)
+        # ModuleDict keys may not contain '.', and input names may (nested Dict spaces)
+        self.normalizers = nn.ModuleList(RunningMeanStd(inputs[k].shape) for k in self.normalize_keys)
+
+    def normalizer(self, key: str) -> RunningMeanStd | None:
+        """The running statistics of one input, if it is normalised."""
+        if key not in self.normalize_keys:
+            return None
+        return self.normalizers[self.normalize_keys.index(key)]
+
+    @torch.no_grad()
+    def update(self, obs: ObsDict) -> None:
+        """Update the normalisers from a batch of raw observations."""
+        for key, rms in zip(self.normalize_keys, self.normalizers):
+            rms.update(self._prepare(key, obs[key]))
+
+    def _prepare(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        info = self.inputs[key]
+        if info.kind in ("discrete", "multi_discrete"):
+            return self._encode_discrete(info, x)
+        x = x.to(torch.float32)
+        if info.kind == "image" and info.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        if info.scale is not None:
+            x = x * info.scale
+        return x.reshape(x.shape[0], *info.shape)
+
+    def _encode_discrete(self, info: ObsInput, x: torch.Tensor) -> torch.Tensor:
+        codes = x.reshape(x.shape[0], -1).long() - torch.tensor(info.offset, device=x.device)
+        if info.encoding == "index":
+            return codes.to(torch.float32)
+        parts = [F.one_hot(codes[:, i].clamp(0, n - 1), n) for i, n in enumerate(info.categories)]
+        return torch.cat(parts, dim=1).to(torch.float32)
+
+    def forward(self, obs: ObsDict) -> ObsDict:
+        """Network inputs for every key present in ``obs``."""
+        out = {}
+        for key in self.keys:
+            if key not in obs:
+                continue
+            x = self._prepare(key, obs[key])
+            rms = self.normalizer(key)
+            if rms is not None:
+                x = ((x - rms.mean) / torch.sqrt(rms.var + self.epsilon)).clamp(-self.clip, self.clip)
+            out[key] = x
+        return out
+
+
+@dataclass
+class ActResult:
+    """What sampling an action returns to the runtime."""
+
+    actions: torch.Tensor  # flat, as the distribution samples them (batch, A)
+    log_probs: torch.Tensor  # (batch,)
+    values: torch.Tensor  # (batch,)
+    state: torch.Tensor  # next recurrent state (batch, S)
+
+
+class ActorCritic(nn.Module):
+    """Base of every actor-critic: subclasses define ``forward``; the rest is shared.
+
+    ``forward(normalized_obs_dict, rnn_states, values_only=False)`` returns a dict with
+    ``action_params`` (omitted when values_only), ``values`` (batch,) and ``new_rnn_states``.
+    ``state_size`` is the width of the recurrent state (0 for a feed-forward model).
+    """
+
+    def __init__(self, obs_space, action_space, cfg):
+        super().__init__()
+        plan = getattr(cfg, "_plan", None)  # set by the compiler; absent when built by hand
+        self.obs_space = obs_space
+        self.action_space = action_space
+        self.cfg = cfg
+        if plan is not None:
+            self.inputs, self.layout, self.mask_key = plan.inputs, plan.action, plan.mask_key
+            self._std, self._bounds = plan.std, plan.bounds
+            norm = (plan.normalize_keys, plan.normalize_clip, plan.normalize_epsilon)
+        else:
+            self.inputs, self.layout, self.mask_key = observation_inputs(obs_space), action_layout(action_space), None
+            self._std, self._bounds = {}, "clip"
+            norm = ((), 5.0, 1e-8)
+        self.preprocessor = ObsPreprocessor(self.inputs, *norm)
+        self.state_size = 0
+
+    def get_action_parameterization(self, size: int) -> ActionHead:
+        """The action head for features of width ``size`` (Sample Factory's name for it)."""
+        return ActionHead(size, self.layout, self._std, self._bounds)
+
+    @property
+    def action_head(self) -> ActionHead:
+        """The module holding the action distribution's parameters."""
+        return self.action_parameterization
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None) -> torch.Tensor:
+        """Zero recurrent state for ``batch`` rows."""
+        return torch.zeros(batch, self.state_size, device=device)
+
+    def _mask(self, obs: ObsDict) -> torch.Tensor | None:
+        if self.mask_key is None:
+            return None
+        mask = obs[self.mask_key]
+        return mask.reshape(mask.shape[0], -1).to(torch.float32)
+
+    def _run(self, obs: ObsDict, state: torch.Tensor, values_only: bool = False) -> dict:
+        return self(self.preprocessor(obs), state, values_only=values_only)
+
+    def act(self, obs: ObsDict, state: torch.Tensor, deterministic: bool = False) -> ActResult:
+        """Sample (or pick the most likely) actions, with log-probs, values and the next state."""
+        out = self._run(obs, state)
+        dist = self.action_head.distribution(out["action_params"], self._mask(obs))
+        actions = dist.mode() if deterministic else dist.sample()
+        return ActResult(actions, dist.log_prob(actions), out["values"], out["new_rnn_states"])
+
+    def deterministic_actions(self, obs: ObsDict, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Most likely actions in the environment's units, and the next state."""
+        out = self._run(obs, state)
+        dist = self.action_head.distribution(out["action_params"], self._mask(obs))
+        return self.action_head.to_env(dist.mode()), out["new_rnn_states"]
+
+    def values(self, obs: ObsDict, state: torch.Tensor) -> torch.Tensor:
+        """State values (batch,)."""
+        return self._run(obs, state, values_only=True)["values"]
+
+    def to_env(self, actions: torch.Tensor) -> torch.Tensor:
+        """Flat sampled actions in the environment's units (bounds and discrete offsets applied)."""
+        return self.action_head.to_env(actions)
+
+    def evaluate(self, obs: ObsDict, state: torch.Tensor, starts: torch.Tensor, actions: torch.Tensor):
+        """Log-probs, entropies and values (each (T, B)) of given actions over (T, B) sequences.
+
+        ``state`` is the state before the first step; it is zeroed where ``starts`` marks a new
+        episode (truncated backpropagation through time).
+        """
+        steps, batch = starts.shape
+        flat = {k: v.reshape(steps * batch, *v.shape[2:]) for k, v in obs.items()}
+        if self.state_size == 0:
+            out = self._run(flat, state.new_zeros(steps * batch, 0))
+            params, values = out["action_params"], out["values"]
+        else:
+            normalized = self.preprocessor(flat)
+            seq = {k: v.reshape(steps, batch, *v.shape[1:]) for k, v in normalized.items()}
+            params_list, values_list = [], []
+            for t in range(steps):
+                state = state * (1.0 - starts[t]).unsqueeze(-1)
+                out = self({k: v[t] for k, v in seq.items()}, state)
+                params_list.append(out["action_params"])
+                values_list.append(out["values"])
+                state = out["new_rnn_states"]
+            params, values = torch.cat(params_list), torch.cat(values_list)
+        dist = self.action_head.distribution(params, self._mask(flat))
+        flat_actions = actions.reshape(steps * batch, -1)
+        shape = (steps, batch)
+        return dist.log_prob(flat_actions).reshape(shape), dist.entropy().reshape(shape), values.reshape(shape)

@@ -1,0 +1,52 @@
+"""The pipeline as functions: load -> validate -> check against the env -> compile.
+
+Importing this module does not import torch; only ``compile_spec`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sfspec.compiler.plan import ModelPlan, plan_model
+from sfspec.spec.environment import env_spaces
+from sfspec.spec.loader import LoadedSpec, load_spec
+from sfspec.spec.validate import validate_spec
+
+if TYPE_CHECKING:
+    from sfspec.compiler.model import ActorCritic
+
+
+def load(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
+    """Load a spec file (extends, --set) and validate it against the schema."""
+    loaded = load_spec(path, overrides)
+    validate_spec(loaded)
+    return loaded
+
+
+@dataclass
+class CheckedSpec:
+    """A spec validated against the schema and against its environment's spaces."""
+
+    loaded: LoadedSpec
+    obs_space: Any
+    action_space: Any
+    plan: ModelPlan
+
+
+def check(loaded: LoadedSpec) -> CheckedSpec:
+    """Check a loaded spec against its environment's spaces (shapes, keys, action options)."""
+    obs_space, action_space = env_spaces(loaded.data["env"], loaded.source_map)
+    plan = plan_model(loaded.data, obs_space, action_space, loaded.source_map, loaded.data["env"]["id"])
+    return CheckedSpec(loaded, obs_space, action_space, plan)
+
+
+def compile_spec(loaded: LoadedSpec, obs_space: Any = None, action_space: Any = None) -> ActorCritic:
+    """Build the actor-critic a loaded spec describes (spaces from its env unless given)."""
+    from sfspec.compiler.build import compile_model
+
+    if obs_space is None or action_space is None:
+        obs_space, action_space = env_spaces(loaded.data["env"], loaded.source_map)
+    return compile_model(loaded.data, obs_space, action_space, loaded.source_map, loaded.data["env"]["id"])

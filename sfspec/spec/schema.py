@@ -1,0 +1,301 @@
+"""The spec's JSON Schema (Draft 2020-12), assembled from the registries.
+
+Every layer builder and every registered component contributes its own fragment, so a plugin
+layer is validated exactly like a built-in one. Keys named ``x-...`` are annotations that the
+validator uses to word its messages; other JSON Schema tools ignore them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sfspec.compiler import layers as _builtin_layers  # noqa: F401 (registers the built-in layers)
+from sfspec.compiler.registry import COMPONENT_REGISTRIES, LAYERS, LayerBuilder
+
+SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
+
+NUMBER = {"type": "number"}
+POSITIVE_INT = {"type": "integer", "minimum": 1}
+PROBABILITY = {"type": "number", "minimum": 0, "maximum": 1}
+
+
+def _obj(properties: dict, required: tuple = (), description: str = "", **extra: Any) -> dict:
+    """A closed mapping: unknown keys are errors."""
+    out: dict = {"type": "object", "properties": properties, "additionalProperties": False, **extra}
+    if required:
+        out["required"] = list(required)
+    if description:
+        out["description"] = description
+    return out
+
+
+def _layer_def(builder: LayerBuilder) -> dict:
+    """Schema of the value after a layer's name: inline primary argument, mapping, or nothing."""
+    args = _obj(builder.params, builder.required, builder.description, **{"x-layer": builder.name})
+    if builder.required and builder.primary is None:
+        nothing: Any = {"not": True, "x-expected": f"a mapping of arguments ({', '.join(builder.required)})"}
+    elif builder.required:
+        nothing = {"not": True, "x-expected": f"its {builder.primary} (e.g. '- {builder.name}: ...') or a mapping"}
+    else:
+        nothing = True
+    if builder.primary is not None:
+        inline: Any = {**builder.params[builder.primary], "x-layer": builder.name}
+        inline.pop("default", None)
+    else:
+        inline = {"type": ["object", "null"], "x-expected": "a mapping of arguments, or nothing"}
+    return {"if": {"type": "object"}, "then": args, "else": {"if": {"type": "null"}, "then": nothing, "else": inline}}
+
+
+def _layer_item(section: str) -> dict:
+    """One item of a layer list: ``- relu``, ``- linear: 64`` or ``- conv2d: {...}``."""
+    names = [n for n in LAYERS.names() if section in LAYERS.get(n).sections]
+    bare = [n for n in names if not LAYERS.get(n).required]
+    return {
+        "if": {"type": "string"},
+        "then": {"enum": bare, "x-layer-section": section},
+        "else": {
+            "type": "object",
+            "x-expected": "a layer: a name, or a mapping of one name to its arguments",
+            "minProperties": 1,
+            "maxProperties": 1,
+            "propertyNames": {"enum": names, "x-layer-section": section},
+            "properties": {n: {"$ref": f"#/$defs/layers/{n}"} for n in names},
+        },
+    }
+
+
+def _custom(section: str) -> dict:
+    """``{custom: name, params: {...}}`` for a component registered in Python."""
+    registry = COMPONENT_REGISTRIES[section]
+    per_name = []
+    for name in registry.names():
+        params_schema = getattr(registry.get(name), "params_schema", None) or {"type": "object"}
+        per_name.append(
+            {"if": {"properties": {"custom": {"const": name}}}, "then": {"properties": {"params": params_schema}}}
+        )
+    schema = _obj(
+        {
+            "custom": {"enum": registry.names(), "x-registry": section, "description": f"a registered {section}"},
+            "params": {"type": "object", "description": "given to the component as cfg (attribute access)"},
+        },
+        ("custom",),
+        **{"x-expected": "a layer list or {custom: name, params: {...}}"},
+    )
+    if per_name:
+        schema["allOf"] = per_name
+    return schema
+
+
+def _list_or_custom(list_ref: str, section: str, description: str) -> dict:
+    return {
+        "description": description,
+        "x-expected": "a layer list or {custom: name, params: {...}}",
+        "if": {"type": "array"},
+        "then": {"$ref": list_ref},
+        "else": {"$ref": f"#/$defs/custom_{section}"},
+    }
+
+
+def _stack_properties() -> dict:
+    """encoder/core/decoder: the parts of one actor or critic stack."""
+    return {
+        "encoder": {
+            "description": "observations to one feature vector",
+            "x-expected": "a layer list, {inputs: ..., layers: ...} or {custom: name}",
+            "if": {"type": "array"},
+            "then": {"$ref": "#/$defs/layer_list"},
+            "else": {
+                "if": {"type": "object", "required": ["custom"]},
+                "then": {"$ref": "#/$defs/custom_encoder"},
+                "else": {"$ref": "#/$defs/branched_encoder"},
+            },
+        },
+        "core": _list_or_custom("#/$defs/core_layer_list", "core", "memory: [] (identity), gru or lstm"),
+        "decoder": _list_or_custom("#/$defs/layer_list", "decoder", "layers after the core"),
+    }
+
+
+def _model_schema() -> dict:
+    observe = {"type": "array", "items": {"type": "string"}, "uniqueItems": True, "description": "observation keys"}
+    side = _obj({"observe": observe, **_stack_properties()})
+    return _obj(
+        {
+            "custom": {"enum": COMPONENT_REGISTRIES["model"].names(), "x-registry": "model"},
+            "params": {"type": "object"},
+            "normalize_obs": {
+                "description": "running mean/std of observations, stored in the model",
+                "if": {"type": "object"},
+                "then": _obj(
+                    {
+                        "clip": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
+                        "epsilon": {"type": "number", "exclusiveMinimum": 0, "default": 1e-8},
+                        "keys": {"type": "array", "items": {"type": "string"}},
+                    }
+                ),
+                "else": {"type": "boolean", "x-expected": "true, false or {clip: ..., keys: [...]}"},
+            },
+            "preprocess": {
+                "type": "object",
+                "description": "per observation key: how raw values become network input",
+                "additionalProperties": _obj(
+                    {
+                        "layout": {"enum": ["auto", "channels_first", "channels_last"], "default": "auto"},
+                        "scale": {"type": "number", "exclusiveMinimum": 0},
+                        "discrete": {"enum": ["one_hot", "index"], "default": "one_hot"},
+                    }
+                ),
+            },
+            **_stack_properties(),
+            "share_weights": {"type": "boolean", "default": False},
+            "actor": side,
+            "critic": side,
+            "action": _obj(
+                {
+                    "std": _obj(
+                        {
+                            "init": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+                            "mode": {"enum": ["state_independent", "state_dependent"], "default": "state_independent"},
+                            "min": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6},
+                            "max": {"type": "number", "exclusiveMinimum": 0, "default": 10.0},
+                        },
+                        description="Box actions: the Gaussian's standard deviation",
+                    ),
+                    "bounds": {
+                        "enum": ["clip", "tanh", "none"],
+                        "default": "clip",
+                        "description": "Box actions: how actions meet the space's bounds",
+                    },
+                    "mask": {"type": "string", "description": "discrete actions: observation key holding the mask"},
+                }
+            ),
+            "init": _obj(
+                {
+                    "weights": {
+                        "enum": [
+                            "orthogonal",
+                            "xavier_uniform",
+                            "xavier_normal",
+                            "kaiming_uniform",
+                            "kaiming_normal",
+                            "default",
+                        ],
+                        "default": "orthogonal",
+                    },
+                    "gain": {"type": "number", "exclusiveMinimum": 0, "default": 1.4142135623730951},
+                    "policy_gain": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
+                    "value_gain": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
+                }
+            ),
+        },
+        description="the actor-critic: encoder -> core -> decoder -> action and value heads",
+    )
+
+
+def _env_schema() -> dict:
+    return _obj(
+        {
+            "id": {"type": "string", "description": "a gymnasium id, 'module:Env-v0', or sfspec/..."},
+            "num_envs": {**POSITIVE_INT, "default": 8},
+            "kwargs": {"type": "object", "description": "passed to gymnasium.make"},
+            "vectorization": {"enum": ["auto", "sync", "async", "vector_entry_point"], "default": "auto"},
+        },
+        ("id",),
+    )
+
+
+def _train_schema() -> dict:
+    return _obj(
+        {
+            "steps": {**POSITIVE_INT, "default": 1_000_000, "description": "environment steps in total"},
+            "seed": {"type": "integer", "minimum": 0, "default": 0},
+            "device": {"type": "string", "pattern": r"^(auto|cpu|cuda(:\d+)?|mps)$", "default": "auto"},
+            "rollout": {**POSITIVE_INT, "default": 128, "description": "steps per environment per update"},
+            "epochs": {**POSITIVE_INT, "default": 4},
+            "minibatches": {**POSITIVE_INT, "default": 4},
+            "lr": {"type": "number", "exclusiveMinimum": 0, "default": 3e-4},
+            "lr_schedule": {"enum": ["constant", "linear", "kl_adaptive"], "default": "constant"},
+            "desired_kl": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
+            "gamma": {**PROBABILITY, "default": 0.99},
+            "gae_lambda": {**PROBABILITY, "default": 0.95},
+            "clip": {"type": "number", "exclusiveMinimum": 0, "default": 0.2},
+            "value_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+            "entropy_coef": {"type": "number", "minimum": 0, "default": 0.0},
+            "value_coef": {"type": "number", "minimum": 0, "default": 0.5},
+            "max_grad_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": 0.5},
+            "normalize_advantages": {"type": "boolean", "default": True},
+            "normalize_returns": {"type": "boolean", "default": False},
+            "target_kl": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
+            "bptt": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "default": None,
+                "description": "recurrent cores: sequence length for truncated backprop (default: rollout)",
+            },
+            "log_interval": {**POSITIVE_INT, "default": 1, "description": "updates between log lines"},
+            "checkpoint_interval": {**POSITIVE_INT, "default": 50, "description": "updates between checkpoints"},
+            "compile": {"type": "boolean", "default": False},
+            "amp": {"type": "boolean", "default": False},
+        },
+        description="PPO settings",
+    )
+
+
+def _export_schema() -> dict:
+    return _obj(
+        {
+            "formats": {
+                "type": "array",
+                "items": {"enum": ["onnx", "torchscript", "pt2"]},
+                "uniqueItems": True,
+                "default": ["onnx", "torchscript", "pt2"],
+            },
+            "opset": {"type": "integer", "minimum": 7, "default": 18},
+            "batch": {"oneOf": [{"const": "dynamic"}, POSITIVE_INT], "default": "dynamic"},
+            "with_value": {"type": "boolean", "default": False},
+        }
+    )
+
+
+def build_schema() -> dict:
+    """The whole spec schema, from the current contents of the registries."""
+    layer_defs = {name: _layer_def(LAYERS.get(name)) for name in LAYERS.names()}
+    return {
+        "$schema": SCHEMA_URI,
+        "$id": "https://sfspec.dev/schemas/spec.json",
+        "title": "sfspec spec",
+        "description": "A YAML spec for an actor-critic policy, its environment, training and export.",
+        "type": "object",
+        "properties": {
+            "$schema": {"type": "string"},
+            "extends": {
+                "description": "base spec file(s), relative to this one, deep-merged under it",
+                "if": {"type": "array"},
+                "then": {"type": "array", "items": {"type": "string"}},
+                "else": {"type": "string"},
+            },
+            "env": _env_schema(),
+            "model": _model_schema(),
+            "train": _train_schema(),
+            "export": _export_schema(),
+        },
+        "required": ["env", "model"],
+        "additionalProperties": False,
+        "$defs": {
+            "layers": layer_defs,
+            "layer_item": _layer_item("encoder"),
+            "core_layer_item": _layer_item("core"),
+            "layer_list": {"type": "array", "items": {"$ref": "#/$defs/layer_item"}},
+            "core_layer_list": {"type": "array", "items": {"$ref": "#/$defs/core_layer_item"}},
+            "branched_encoder": _obj(
+                {
+                    "inputs": {
+                        "type": "object",
+                        "description": "one layer list per observation key; outputs are concatenated",
+                        "additionalProperties": {"$ref": "#/$defs/layer_list"},
+                    },
+                    "layers": {"$ref": "#/$defs/layer_list", "description": "after the concatenation"},
+                },
+            ),
+            **{f"custom_{section}": _custom(section) for section in ("encoder", "core", "decoder")},
+        },
+    }
