@@ -18,8 +18,9 @@ from sfspec.envs import (
     make_tensor_env,
     register_tensor_env,
 )
+from sfspec.spec.bundled_envs import GYMNASIUM_TWINS
 
-ENV_IDS = sorted(TENSOR_ENVS)
+ENV_IDS = sorted(GYMNASIUM_TWINS)  # the envs that reproduce a gymnasium env
 N = 8  # environments per batch in the parity runs
 ATOL = 1e-5
 
