@@ -34,7 +34,7 @@ def test_observations_stay_in_the_declared_spaces(env_id):
             space = obs_space[key] if key else obs_space
             assert value.shape == (16, *space.shape)
             assert all(space.contains(row.numpy()) for row in value[:4])
-        obs, reward, terminated, truncated, info = env.step(_random_actions(env, gen))
+        obs, reward, terminated, truncated, _ = env.step(_random_actions(env, gen))
         assert reward.shape == terminated.shape == truncated.shape == (16,)
 
 
