@@ -87,10 +87,104 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_run_spec(run: str, overrides: list[str]):
+    """The spec a run was trained with (its checkpoint's copy), with overrides, validated again."""
+    from sfspec.errors import Location
+    from sfspec.runtime.checkpoint import load_checkpoint
+    from sfspec.spec.loader import LoadedSpec, SourceMap, apply_overrides
+    from sfspec.spec.validate import validate_spec
+
+    checkpoint = load_checkpoint(run)
+    smap = SourceMap(values={(): Location(f"{run} (the run's spec)")})
+    loaded = apply_overrides(LoadedSpec(checkpoint["spec"], smap, run), overrides)
+    validate_spec(loaded)
+    return loaded, checkpoint
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a spec with PPO."""
+    from pathlib import Path
+
+    from sfspec import pipeline
+    from sfspec.runtime.train import default_run_dir, train
+
+    if args.resume:
+        loaded, _ = _load_run_spec(args.resume, args.overrides)
+        run_dir, name = Path(args.resume), Path(args.resume).name
+        if Path(args.resume).is_file():
+            run_dir = Path(args.resume).parent
+    elif args.spec:
+        loaded = pipeline.load(args.spec, args.overrides)
+        pipeline.check(loaded)
+        run_dir, name = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec), Path(args.spec).stem
+    else:
+        raise UsageError("give a SPEC to train, or --resume RUN")
+    result = train(loaded.data, run_dir, args.device, args.quiet, bool(args.resume), loaded.source_map, name)
+    if result.interrupted:
+        print(
+            f"sfspec: interrupted at step {result.global_step:,}; checkpoint saved in {run_dir}; "
+            f"continue with: sfspec train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"trained {result.global_step:,} steps; run: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate a run's policy deterministically on fresh environments."""
+    from pathlib import Path
+
+    from sfspec.runtime.evaluate import evaluate, record_video
+    from sfspec.runtime.train import build_for_spec, resolve_device
+    from sfspec.runtime.vec_env import make_env
+
+    loaded, checkpoint = _load_run_spec(args.run, args.overrides)
+    spec = loaded.data
+    device = resolve_device(args.device or "cpu")
+    probe = make_env({**spec["env"], "num_envs": 1}, 0, device)
+    try:
+        model = build_for_spec(spec, probe, device, loaded.source_map)
+    finally:
+        probe.close()
+    model.load_state_dict(checkpoint["model"])
+    seed = spec.get("train", {}).get("seed", 0)
+    result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
+    if args.video:
+        result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"{result['episodes']} episodes: return {result['return_mean']:.2f} +- {result['return_std']:.2f} "
+            f"(min {result['return_min']:.2f}, max {result['return_max']:.2f}), length {result['length_mean']:.1f}"
+        )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Plot learning curves of runs."""
+    from sfspec.runtime.plot import plot_runs
+
+    try:
+        out = plot_runs(args.runs, args.out, args.metric)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(out)
+    return 0
+
+
+class UsageError(Exception):
+    """A command-line mistake that is not in a spec."""
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "validate": (cmd_validate, "check spec files against the schema and their environments"),
     "schema": (cmd_schema, "print the spec JSON Schema"),
     "summary": (cmd_summary, "print the layers of the model a spec describes"),
+    "train": (cmd_train, "train a spec with PPO"),
+    "eval": (cmd_eval, "evaluate a trained run deterministically"),
+    "plot": (cmd_plot, "plot learning curves of runs"),
 }
 
 
@@ -114,6 +208,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--json", action="store_true", help="print JSON (total trainable parameters: params_total)")
     _add_common(p)
+
+    p = sub.add_parser("train", help=COMMANDS["train"][1], description=COMMANDS["train"][1])
+    p.add_argument("spec", metavar="SPEC", nargs="?")
+    p.add_argument("--run-dir", metavar="DIR", help="where to write the run (default: runs/<spec>-<time>)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's train.device)")
+    p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help=COMMANDS["eval"][1], description=COMMANDS["eval"][1])
+    p.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print JSON: return_mean, return_std, episodes, ...")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--video", metavar="DIR", help="also record one episode to DIR (needs moviepy)")
+    _add_common(p)
+
+    p = sub.add_parser("plot", help=COMMANDS["plot"][1], description=COMMANDS["plot"][1])
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--out", default="learning_curves.png", help="PNG file to write")
+    p.add_argument("--metric", default="return_mean", help="metric to plot against steps")
+    _add_common(p, overrides=False)
     return parser
 
 
@@ -132,6 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PluginError as exc:
         print(f"sfspec: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    except UsageError as exc:
+        print(f"sfspec: {exc}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+    except Exception as exc:
+        from sfspec.runtime.checkpoint import CheckpointError
+        from sfspec.runtime.train import TrainingError
+        from sfspec.runtime.vec_env import EnvStepError
+
+        if isinstance(exc, (CheckpointError, TrainingError, EnvStepError)):
+            print(f"sfspec: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         print("sfspec: interrupted", file=sys.stderr)
         return 130

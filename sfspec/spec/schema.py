@@ -203,7 +203,8 @@ def _env_schema() -> dict:
     )
 
 
-def _train_schema() -> dict:
+def train_schema() -> dict:
+    """The ``train:`` section's schema (also the source of the runtime's defaults)."""
     return _obj(
         {
             "steps": {**POSITIVE_INT, "default": 1_000_000, "description": "environment steps in total"},
@@ -275,7 +276,7 @@ def build_schema() -> dict:
             },
             "env": _env_schema(),
             "model": _model_schema(),
-            "train": _train_schema(),
+            "train": train_schema(),
             "export": _export_schema(),
         },
         "required": ["env", "model"],

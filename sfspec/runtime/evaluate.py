@@ -1,0 +1,107 @@
+"""``sfspec eval``: the trained policy, deterministic, on fresh environments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sfspec.compiler.model import ActorCritic
+from sfspec.runtime.vec_env import make_env
+
+EVAL_SEED_OFFSET = 10_000  # evaluation environments never replay training seeds
+
+
+@dataclass
+class EvalResult:
+    """Returns and lengths of the evaluated episodes."""
+
+    returns: list[float]
+    lengths: list[int]
+
+    def summary(self) -> dict:
+        """What ``--json`` prints."""
+        r = torch.tensor(self.returns, dtype=torch.float64)
+        return {
+            "episodes": len(self.returns),
+            "return_mean": float(r.mean()),
+            "return_std": float(r.std(unbiased=False)),
+            "return_min": float(r.min()),
+            "return_max": float(r.max()),
+            "length_mean": float(torch.tensor(self.lengths, dtype=torch.float64).mean()),
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: ActorCritic, env_cfg: dict, episodes: int, seed: int, device: torch.device, max_steps: int = 1_000_000
+) -> EvalResult:
+    """Run deterministic actions until ``episodes`` episodes have finished (the first of each env counts)."""
+    num_envs = min(episodes, int(env_cfg.get("num_envs", 8)))
+    env = make_env({**env_cfg, "num_envs": num_envs}, seed + EVAL_SEED_OFFSET, device)
+    try:
+        model.eval()
+        obs = env.reset(seed=seed + EVAL_SEED_OFFSET)
+        state = model.initial_state(num_envs, device)
+        ep_return = torch.zeros(num_envs, device=device)
+        ep_length = torch.zeros(num_envs, device=device)
+        returns: list[float] = []
+        lengths: list[int] = []
+        for _ in range(max_steps):
+            actions, state = model.deterministic_actions(obs, state)
+            step = env.step(actions, model.layout)
+            ep_return += step.reward
+            ep_length += 1
+            done = step.terminated | step.truncated
+            if done.any():
+                for i in torch.nonzero(done).flatten().tolist():
+                    if len(returns) < episodes:
+                        returns.append(float(ep_return[i]))
+                        lengths.append(int(ep_length[i]))
+                ep_return = ep_return * ~done
+                ep_length = ep_length * ~done
+                state = state * (~done).unsqueeze(-1).to(state.dtype)
+            if len(returns) >= episodes:
+                break
+            obs = step.obs
+        return EvalResult(returns, lengths)
+    finally:
+        env.close()
+
+
+def record_video(model: ActorCritic, env_cfg: dict, out_dir: Path, seed: int, device: torch.device) -> Path:
+    """Record one deterministic episode to an MP4 where the environment renders (gymnasium envs)."""
+    import gymnasium as gym
+    from gymnasium.wrappers import RecordVideo
+
+    from sfspec.compiler.spaces import env_actions
+    from sfspec.runtime.vec_env import flatten_obs
+
+    env = RecordVideo(
+        gym.make(env_cfg["id"], render_mode="rgb_array", **env_cfg.get("kwargs", {})),
+        str(out_dir),
+        episode_trigger=lambda _: True,
+        disable_logger=True,
+    )
+    keys = list(model.inputs)
+    try:
+        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET)
+        state = model.initial_state(1, device)
+        done = False
+        while not done:
+            batch = {k: torch.as_tensor(v).unsqueeze(0).to(device) for k, v in flatten_obs(obs, keys).items()}
+            actions, state = model.deterministic_actions(batch, state)
+            action = env_actions(actions.cpu().numpy(), model.layout)
+            action = action[0] if not isinstance(action, (dict, tuple)) else _first(action)
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    finally:
+        env.close()
+    return out_dir
+
+
+def _first(batched):
+    if isinstance(batched, dict):
+        return {k: v[0] for k, v in batched.items()}
+    return tuple(v[0] for v in batched)

@@ -1,0 +1,292 @@
+"""PPO, top to bottom: collect a rollout on the training device, compute GAE, update in minibatches.
+
+Everything per environment step stays on the device: rollout storage, episode statistics, the
+return normaliser. With a tensor environment a rollout makes no host synchronisation; numbers
+are read back once per log interval.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sfspec.compiler.model import ActorCritic, RunningMeanStd
+from sfspec.runtime.config import TrainConfig
+from sfspec.runtime.vec_env import ObsDict, Step
+
+
+@dataclass
+class Carry:
+    """What one rollout hands to the next: current observations, memory and running episode sums."""
+
+    obs: ObsDict
+    state: torch.Tensor  # recurrent state (N, S)
+    done: torch.Tensor  # (N,) float: the last step ended an episode
+    episode_return: torch.Tensor  # (N,) undiscounted, raw rewards
+    episode_length: torch.Tensor  # (N,)
+    discounted_return: torch.Tensor  # (N,) for the return normaliser
+    finished_return: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # sums since last log
+    finished_length: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    finished_count: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+
+    @classmethod
+    def start(cls, obs: ObsDict, model: ActorCritic, num_envs: int, device: torch.device) -> Carry:
+        """Fresh carry: every environment starts an episode."""
+        zeros = torch.zeros(num_envs, device=device)
+        scalar = torch.zeros((), device=device)
+        return cls(
+            obs,
+            model.initial_state(num_envs, device),
+            torch.ones(num_envs, device=device),
+            zeros.clone(),
+            zeros.clone(),
+            zeros.clone(),
+            scalar.clone(),
+            scalar.clone(),
+            scalar.clone(),
+        )
+
+    def take_episode_stats(self) -> tuple[float | None, float | None, int]:
+        """Mean return and length of the episodes finished since the last call (one host read)."""
+        count, ret, length = torch.stack([self.finished_count, self.finished_return, self.finished_length]).tolist()
+        for t in (self.finished_count, self.finished_return, self.finished_length):
+            t.zero_()
+        if count == 0:
+            return None, None, 0
+        return ret / count, length / count, int(count)
+
+
+@dataclass
+class Rollout:
+    """Storage for T steps of N environments, on the training device."""
+
+    obs: ObsDict  # (T, N, ...)
+    actions: torch.Tensor  # (T, N, A)
+    log_probs: torch.Tensor  # (T, N)
+    values: torch.Tensor  # (T, N)
+    rewards: torch.Tensor  # (T, N), normalised and with truncation bootstrap added
+    ends: torch.Tensor  # (T, N) float: the episode ended at this step
+    starts: torch.Tensor  # (T, N) float: the episode started at this step
+    states: torch.Tensor  # (T, N, S): recurrent state before each step (before the start reset)
+
+    @classmethod
+    def allocate(cls, steps: int, obs: ObsDict, action_size: int, state_size: int, device) -> Rollout:
+        """Preallocate storage shaped after one batch of observations."""
+        n = next(iter(obs.values())).shape[0]
+        return cls(
+            obs={k: torch.zeros((steps, *v.shape), dtype=v.dtype, device=device) for k, v in obs.items()},
+            actions=torch.zeros(steps, n, action_size, device=device),
+            log_probs=torch.zeros(steps, n, device=device),
+            values=torch.zeros(steps, n, device=device),
+            rewards=torch.zeros(steps, n, device=device),
+            ends=torch.zeros(steps, n, device=device),
+            starts=torch.zeros(steps, n, device=device),
+            states=torch.zeros(steps, n, state_size, device=device),
+        )
+
+
+class ReturnNormalizer(nn.Module):
+    """Scales rewards by the running standard deviation of the discounted return."""
+
+    def __init__(self):
+        super().__init__()
+        self.rms = RunningMeanStd(())
+
+    def forward(self, reward: torch.Tensor, carry: Carry, gamma: float, done: torch.Tensor) -> torch.Tensor:
+        carry.discounted_return.mul_(gamma).add_(reward)
+        self.rms.update(carry.discounted_return)
+        carry.discounted_return.mul_(1.0 - done)
+        return reward / torch.sqrt(self.rms.var + 1e-8).to(reward.dtype)
+
+
+@torch.no_grad()
+def collect_rollout(
+    model: ActorCritic, env, carry: Carry, rollout: Rollout, cfg: TrainConfig, return_norm: ReturnNormalizer | None
+) -> None:
+    """Fill ``rollout`` with T steps from ``env``, advancing ``carry``."""
+    for t in range(rollout.actions.shape[0]):
+        rollout.starts[t] = carry.done
+        rollout.states[t] = carry.state
+        state = carry.state * (1.0 - carry.done).unsqueeze(-1)
+        out = model.act(carry.obs, state)
+        for key, value in carry.obs.items():
+            rollout.obs[key][t] = value
+        rollout.actions[t] = out.actions
+        rollout.log_probs[t] = out.log_probs
+        rollout.values[t] = out.values
+
+        step: Step = env.step(model.to_env(out.actions), model.layout)
+        done = (step.terminated | step.truncated).to(torch.float32)
+        reward = step.reward
+        carry.episode_return.add_(reward)
+        carry.episode_length.add_(1.0)
+        carry.finished_return.add_((carry.episode_return * done).sum())
+        carry.finished_length.add_((carry.episode_length * done).sum())
+        carry.finished_count.add_(done.sum())
+        carry.episode_return.mul_(1.0 - done)
+        carry.episode_length.mul_(1.0 - done)
+        if return_norm is not None:
+            reward = return_norm(reward, carry, cfg.gamma, done)
+        if step.final_obs is not None and (env.on_device or bool(step.truncated.any())):
+            # Truncation is not failure: bootstrap from the true final observation's value.
+            final_value = model.values(step.final_obs, out.state)
+            reward = reward + cfg.gamma * final_value * step.truncated.to(torch.float32)
+        rollout.rewards[t] = reward
+        rollout.ends[t] = done
+        carry.obs, carry.state, carry.done = step.obs, out.state, done
+
+
+@torch.no_grad()
+def compute_gae(
+    rollout: Rollout, next_value: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimates and returns (T, N); GAE stops where an episode ended."""
+    steps = rollout.rewards.shape[0]
+    advantages = torch.zeros_like(rollout.rewards)
+    last = torch.zeros_like(next_value)
+    for t in reversed(range(steps)):
+        following = next_value if t == steps - 1 else rollout.values[t + 1]
+        alive = 1.0 - rollout.ends[t]
+        delta = rollout.rewards[t] + gamma * following * alive - rollout.values[t]
+        last = delta + gamma * lam * alive * last
+        advantages[t] = last
+    return advantages, advantages + rollout.values
+
+
+@dataclass
+class Batch:
+    """Sequences (L, B) for one minibatch; L = 1 for feed-forward models."""
+
+    obs: ObsDict
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    starts: torch.Tensor
+    state: torch.Tensor  # (B, S) state before the first step
+
+
+def make_sequences(rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, length: int) -> Batch:
+    """Cut (T, N) into (length, T/length * N) sequences, each with its starting state."""
+    steps, n = rollout.rewards.shape
+    chunks = steps // length
+
+    def cut(x: torch.Tensor) -> torch.Tensor:  # (T, N, ...) -> (L, C*N, ...)
+        x = x.reshape(chunks, length, n, *x.shape[2:]).transpose(0, 1)
+        return x.reshape(length, chunks * n, *x.shape[3:])
+
+    return Batch(
+        obs={k: cut(v) for k, v in rollout.obs.items()},
+        actions=cut(rollout.actions),
+        log_probs=cut(rollout.log_probs),
+        values=cut(rollout.values),
+        advantages=cut(advantages),
+        returns=cut(returns),
+        starts=cut(rollout.starts),
+        state=rollout.states[::length].reshape(chunks * n, -1),
+    )
+
+
+def select(batch: Batch, index: torch.Tensor) -> Batch:
+    """The sequences at ``index`` (along the batch axis)."""
+    return Batch(
+        obs={k: v[:, index] for k, v in batch.obs.items()},
+        actions=batch.actions[:, index],
+        log_probs=batch.log_probs[:, index],
+        values=batch.values[:, index],
+        advantages=batch.advantages[:, index],
+        returns=batch.returns[:, index],
+        starts=batch.starts[:, index],
+        state=batch.state[index],
+    )
+
+
+def ppo_loss(model: ActorCritic, mb: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate + value loss - entropy bonus, and the statistics to log."""
+    log_probs, entropy, values = model.evaluate(mb.obs, mb.state, mb.starts, mb.actions)
+    log_ratio = log_probs - mb.log_probs
+    ratio = log_ratio.exp()
+    advantages = mb.advantages
+    if cfg.normalize_advantages:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+    if cfg.value_clip is not None:
+        clipped = mb.values + (values - mb.values).clamp(-cfg.value_clip, cfg.value_clip)
+        value_loss = 0.5 * torch.max((values - mb.returns) ** 2, (clipped - mb.returns) ** 2).mean()
+    else:
+        value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
+    entropy_mean = entropy.mean()
+    loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_mean
+    with torch.no_grad():
+        stats = {
+            "policy_loss": policy_loss.detach(),
+            "value_loss": value_loss.detach(),
+            "entropy": entropy_mean.detach(),
+            "approx_kl": ((ratio - 1) - log_ratio).mean(),
+            "clip_fraction": ((ratio - 1.0).abs() > cfg.clip).float().mean(),
+            "loss": loss.detach(),
+        }
+    return loss, stats
+
+
+def ppo_update(
+    model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, next_value: torch.Tensor, cfg: TrainConfig
+) -> dict[str, torch.Tensor]:
+    """Several epochs of minibatch updates on one rollout; returns mean statistics (device tensors)."""
+    advantages, returns = compute_gae(rollout, next_value, cfg.gamma, cfg.gae_lambda)
+    steps = rollout.rewards.shape[0]
+    length = (cfg.bptt or steps) if model.state_size else 1
+    batch = make_sequences(rollout, advantages, returns, length)
+    count = batch.actions.shape[1]
+    mb_size = max(1, count // cfg.minibatches)
+    totals: dict[str, torch.Tensor] = {}
+    updates = 0
+    for _ in range(cfg.epochs):
+        epoch_kl = torch.zeros((), device=next_value.device)
+        order = torch.randperm(count, device=next_value.device)
+        for start in range(0, count - mb_size + 1, mb_size):
+            loss, stats = ppo_loss(model, select(batch, order[start : start + mb_size]), cfg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+            epoch_kl = epoch_kl + stats["approx_kl"]
+            updates += 1
+        if cfg.lr_schedule == "kl_adaptive" or cfg.target_kl is not None:
+            kl = epoch_kl.item() / max(1, count // mb_size)  # one host read per epoch, only when asked for
+            if cfg.lr_schedule == "kl_adaptive":
+                _adapt_lr(optimizer, kl, cfg.desired_kl)
+            if cfg.target_kl is not None and kl > cfg.target_kl:
+                break
+    out = {k: v / updates for k, v in totals.items()}
+    residual = (returns - rollout.values).var()
+    out["explained_variance"] = 1.0 - residual / (returns.var() + 1e-8)
+    return out
+
+
+def _adapt_lr(optimizer: torch.optim.Optimizer, kl: float, desired: float) -> None:
+    """KL-adaptive learning rate (as in rsl_rl and rl_games)."""
+    for group in optimizer.param_groups:
+        if kl > 2.0 * desired:
+            group["lr"] = max(group["lr"] / 1.5, 1e-6)
+        elif 0.0 < kl < desired / 2.0:
+            group["lr"] = min(group["lr"] * 1.5, 1e-2)
+
+
+def scheduled_lr(cfg: TrainConfig, update: int, total_updates: int) -> float | None:
+    """The learning rate for this update under a fixed schedule (None: leave it as it is)."""
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * max(0.0, 1.0 - update / total_updates)
+    return None
+
+
+def num_updates(cfg: TrainConfig, num_envs: int) -> int:
+    """Updates needed to reach ``cfg.steps`` environment steps."""
+    return math.ceil(cfg.steps / (cfg.rollout * num_envs))
