@@ -14,6 +14,7 @@ from torch import nn
 from sfspec.compiler.components import Config, Decoder, Encoder, ModelCore
 from sfspec.compiler.model import ActorCritic
 from sfspec.compiler.registry import ACTOR_CRITICS, CORES, DECODERS, ENCODERS, register_layer
+from sfspec.envs import TensorEnv, register_tensor_env
 
 
 class SpaceEnv(gym.Env):
@@ -190,3 +191,55 @@ ENCODERS.register("sf_encoder", CustomEncoder)
 CORES.register("sf_core", CustomCore)
 DECODERS.register("sf_decoder", CustomDecoder)
 ACTOR_CRITICS.register("sf_actor_critic", CustomActorCritic)
+
+
+# ---------------------------------------------------------------- environments for runtime tests
+
+
+class RaisesEnv(SpaceEnv):
+    """Raises inside step() after ``after`` steps, like a simulator that crashes."""
+
+    def __init__(self, after: int = 50):
+        super().__init__(BOX4, spaces.Discrete(2))
+        self.after = after
+        self.total = 0
+
+    def step(self, action):
+        self.total += 1
+        if self.total > self.after:
+            raise RuntimeError("simulator exploded")
+        return super().step(action)
+
+
+gym.register("SpaceTest/Raises-v0", entry_point=RaisesEnv)
+
+
+class CounterEnv(TensorEnv):
+    """obs = [t]; reward 1 per step; truncated after 3 steps (never terminates). NaN rewards from ``nan_at``."""
+
+    env_id = "sfspec/Counter-v0"
+    state_dim = 1
+    default_max_episode_steps = 3
+
+    def __init__(self, num_envs, device="cpu", dtype=torch.float32, seed=None, max_episode_steps=None, nan_at=-1):
+        self.single_observation_space = spaces.Box(0.0, 100.0, (1,), np.float32)
+        self.single_action_space = spaces.Discrete(2)
+        self.nan_at = nan_at
+        self.steps_taken = 0
+        super().__init__(num_envs, device, dtype, seed, max_episode_steps)
+
+    def _initial_state(self):
+        return torch.zeros(self.num_envs, 1, dtype=self.dtype, device=self.device)
+
+    def _dynamics(self, state, actions):
+        self.steps_taken += 1
+        reward = torch.ones(self.num_envs, dtype=self.dtype, device=self.device)
+        if 0 <= self.nan_at <= self.steps_taken:
+            reward = reward * float("nan")
+        return state + 1, reward, torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def _observe(self, state):
+        return state.to(torch.float32).clone()
+
+
+register_tensor_env("sfspec/Counter-v0", CounterEnv)
