@@ -83,7 +83,7 @@ def test_truncation_bootstraps_from_the_true_final_observation():
     spec, env, model = _counter_setup()
     cfg = TrainConfig.from_spec(spec)
     carry = Carry.start(env.reset(seed=0), model, env.num_envs, torch.device("cpu"))
-    rollout = Rollout.allocate(6, carry.obs, 1, 0, "cpu")
+    rollout = Rollout.allocate(6, carry.obs, 1, 0, "cpu", batched_bootstrap=True)
     collect_rollout(model, env, carry, rollout, cfg, None)
     # obs goes 0, 1, 2 then truncates: the step from obs 2 reaches final obs [3] and is reset to [0]
     assert rollout.obs["obs"][:, 0, 0].tolist() == [0, 1, 2, 0, 1, 2]

@@ -71,11 +71,24 @@ class Rollout:
     ends: torch.Tensor  # (T, N) float: the episode ended at this step
     starts: torch.Tensor  # (T, N) float: the episode started at this step
     states: torch.Tensor  # (T, N, S): recurrent state before each step (before the start reset)
+    # Tensor envs only: truncation bootstraps are computed once per rollout, in one batch.
+    final_obs: ObsDict | None = None  # (T, N, ...) observation reached by each step, before reset
+    next_states: torch.Tensor | None = None  # (T, N, S) state after each step
+    truncated: torch.Tensor | None = None  # (T, N) float
 
     @classmethod
-    def allocate(cls, steps: int, obs: ObsDict, action_size: int, state_size: int, device) -> Rollout:
+    def allocate(
+        cls, steps: int, obs: ObsDict, action_size: int, state_size: int, device, batched_bootstrap: bool = False
+    ) -> Rollout:
         """Preallocate storage shaped after one batch of observations."""
         n = next(iter(obs.values())).shape[0]
+        extra = {}
+        if batched_bootstrap:
+            extra = {
+                "final_obs": {k: torch.zeros((steps, *v.shape), dtype=v.dtype, device=device) for k, v in obs.items()},
+                "next_states": torch.zeros(steps, n, state_size, device=device),
+                "truncated": torch.zeros(steps, n, device=device),
+            }
         return cls(
             obs={k: torch.zeros((steps, *v.shape), dtype=v.dtype, device=device) for k, v in obs.items()},
             actions=torch.zeros(steps, n, action_size, device=device),
@@ -85,6 +98,7 @@ class Rollout:
             ends=torch.zeros(steps, n, device=device),
             starts=torch.zeros(steps, n, device=device),
             states=torch.zeros(steps, n, state_size, device=device),
+            **extra,
         )
 
 
@@ -130,13 +144,23 @@ def collect_rollout(
         carry.episode_length.mul_(1.0 - done)
         if return_norm is not None:
             reward = return_norm(reward, carry, cfg.gamma, done)
-        if step.final_obs is not None and (env.on_device or bool(step.truncated.any())):
-            # Truncation is not failure: bootstrap from the true final observation's value.
+        # Truncation is not failure: bootstrap from the value of the true final observation.
+        if rollout.final_obs is not None:  # device env: store now, evaluate all at once below
+            for key, value in step.final_obs.items():
+                rollout.final_obs[key][t] = value
+            rollout.next_states[t] = out.state
+            rollout.truncated[t] = step.truncated
+        elif step.final_obs is not None and bool(step.truncated.any()):  # host env: rare, so per step
             final_value = model.values(step.final_obs, out.state)
             reward = reward + cfg.gamma * final_value * step.truncated.to(torch.float32)
         rollout.rewards[t] = reward
         rollout.ends[t] = done
         carry.obs, carry.state, carry.done = step.obs, out.state, done
+    if rollout.final_obs is not None:
+        steps, n = rollout.truncated.shape
+        flat_obs = {k: v.flatten(0, 1) for k, v in rollout.final_obs.items()}
+        final_value = model.values(flat_obs, rollout.next_states.flatten(0, 1)).reshape(steps, n)
+        rollout.rewards.add_(cfg.gamma * final_value * rollout.truncated)
 
 
 @torch.no_grad()

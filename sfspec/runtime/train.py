@@ -6,6 +6,7 @@ import math
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -104,8 +105,13 @@ def train(
     resume: bool = False,
     smap: SourceMap | None = None,
     spec_name: str = "spec",
+    on_log: Callable[[dict, ActorCritic], bool] | None = None,
 ) -> TrainResult:
-    """Train the spec's model with PPO in ``run_dir`` (continuing its checkpoint if ``resume``)."""
+    """Train the spec's model with PPO in ``run_dir`` (continuing its checkpoint if ``resume``).
+
+    ``on_log(metrics, model)`` runs at every log interval, outside the timed training; returning
+    True ends the run there (benchmarks use it to stop once a policy is solved).
+    """
     cfg = TrainConfig.from_spec(spec)
     device = resolve_device(device_name or cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,12 +121,14 @@ def train(
     seed_everything(cfg.seed)
     env = make_env(spec["env"], cfg.seed, device)
     try:
-        return _run(spec, cfg, env, device, run_dir, quiet, checkpoint, smap, spec_name)
+        return _run(spec, cfg, env, device, run_dir, quiet, checkpoint, smap, spec_name, on_log)
     finally:
         env.close()
 
 
-def _run(spec, cfg: TrainConfig, env, device, run_dir: Path, quiet: bool, checkpoint, smap, spec_name) -> TrainResult:
+def _run(
+    spec, cfg: TrainConfig, env, device, run_dir: Path, quiet: bool, checkpoint, smap, spec_name, on_log
+) -> TrainResult:
     model = build_for_spec(spec, env, device, smap)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
     return_norm = ReturnNormalizer().to(device) if cfg.normalize_returns else None
@@ -141,7 +149,9 @@ def _run(spec, cfg: TrainConfig, env, device, run_dir: Path, quiet: bool, checkp
         _set_rng_state(checkpoint["rng"])
         carry = _restore_carry(checkpoint, env, model, device, cfg, update)
 
-    rollout = Rollout.allocate(cfg.rollout, carry.obs, model.layout.size, model.state_size, device)
+    rollout = Rollout.allocate(
+        cfg.rollout, carry.obs, model.layout.size, model.state_size, device, batched_bootstrap=env.on_device
+    )
     logger = RunLogger(run_dir, total_updates * batch_steps, update * batch_steps, quiet, spec_name)
 
     def save(finished: bool = False) -> None:
@@ -190,20 +200,27 @@ def _run(spec, cfg: TrainConfig, env, device, run_dir: Path, quiet: bool, checkp
                     now = time.perf_counter()
                     ret, length, episodes = carry.take_episode_stats()
                     step = update * batch_steps
-                    logger.log(
-                        {
-                            "step": step,
-                            "update": update,
-                            "time": round(elapsed + now - started, 3),
-                            "sps": (step - interval_step) / max(now - interval_start, 1e-9),
-                            "return_mean": ret,
-                            "length_mean": length,
-                            "episodes": episodes,
-                            "lr": optimizer.param_groups[0]["lr"],
-                            **{k: float(v) for k, v in stats.items()},
-                        }
-                    )
+                    metrics = {
+                        "step": step,
+                        "update": update,
+                        "time": round(elapsed + now - started, 3),
+                        "sps": (step - interval_step) / max(now - interval_start, 1e-9),
+                        "return_mean": ret,
+                        "length_mean": length,
+                        "episodes": episodes,
+                        "lr": optimizer.param_groups[0]["lr"],
+                        **{k: float(v) for k, v in stats.items()},
+                    }
+                    logger.log(metrics)
                     interval_start, interval_step = now, step
+                    if on_log is not None:
+                        paused = time.perf_counter()
+                        stop = on_log(metrics, model)
+                        paused = time.perf_counter() - paused
+                        started, interval_start = started + paused, interval_start + paused
+                        if stop:
+                            save(finished=True)
+                            break
                 if update % cfg.checkpoint_interval == 0 or update == total_updates:
                     save(finished=update == total_updates)
     except KeyboardInterrupt:
