@@ -38,8 +38,14 @@ def metrics(run: Path) -> list[dict]:
 
 def sfspec_process(*args: str, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(TESTS))
-    return subprocess.Popen([sys.executable, "-m", "sfspec", *args, "--plugin", "sfspec_testplugin"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sfspec", *args, "--plugin", "sfspec_testplugin"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kwargs,
+    )
 
 
 CARTPOLE = {
@@ -73,8 +79,11 @@ def test_gae_matches_a_hand_computed_case():
 
 
 def _counter_setup(num_envs: int = 2):
-    spec = {"env": {"id": "sfspec/Counter-v0", "num_envs": num_envs}, "model": {"encoder": [{"linear": 8}]},
-            "train": {"gamma": 0.5}}
+    spec = {
+        "env": {"id": "sfspec/Counter-v0", "num_envs": num_envs},
+        "model": {"encoder": [{"linear": 8}]},
+        "train": {"gamma": 0.5},
+    }
     env = make_env(spec["env"], 0, torch.device("cpu"))
     return spec, env, compile_model(spec, env.observation_space, env.action_space)
 
@@ -132,8 +141,20 @@ def test_short_cartpole_training_clearly_learns(cli, tmp_path):
     result = cli("train", write(tmp_path, CARTPOLE), "--run-dir", str(run), "--quiet")
     assert result.code == 0, result.err
     rows = metrics(run)
-    for key in ("step", "time", "sps", "return_mean", "length_mean", "policy_loss", "value_loss", "entropy",
-                "approx_kl", "clip_fraction", "explained_variance", "lr"):
+    for key in (
+        "step",
+        "time",
+        "sps",
+        "return_mean",
+        "length_mean",
+        "policy_loss",
+        "value_loss",
+        "entropy",
+        "approx_kl",
+        "clip_fraction",
+        "explained_variance",
+        "lr",
+    ):
         assert key in rows[-1], key
     assert rows[0]["return_mean"] < 40  # a random policy
     assert rows[-1]["return_mean"] > 150  # clearly learning
@@ -217,16 +238,20 @@ def test_interrupt_and_kill_keep_a_checkpoint_that_resumes(tmp_path, how):
         assert proc.returncode == -signal.SIGKILL
     saved = load_checkpoint(run)
     assert saved["update"] >= 1
-    resume = sfspec_process("train", "--resume", str(run), "--set", f"train.steps={(saved['update'] + 1) * 1024}",
-                            "--quiet")
+    resume = sfspec_process(
+        "train", "--resume", str(run), "--set", f"train.steps={(saved['update'] + 1) * 1024}", "--quiet"
+    )
     _, err = resume.communicate(timeout=120)
     assert resume.returncode == 0, err
     assert load_checkpoint(run)["update"] == saved["update"] + 1
 
 
 def test_environment_error_stops_with_a_message_and_keeps_the_checkpoint(tmp_path):
-    spec = {"env": {"id": "SpaceTest/Raises-v0", "num_envs": 1, "kwargs": {"after": 40}},
-            "model": {}, "train": {"rollout": 16, "checkpoint_interval": 1, "steps": 1000}}
+    spec = {
+        "env": {"id": "SpaceTest/Raises-v0", "num_envs": 1, "kwargs": {"after": 40}},
+        "model": {},
+        "train": {"rollout": 16, "checkpoint_interval": 1, "steps": 1000},
+    }
     run = tmp_path / "run"
     proc = sfspec_process("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")
     _, err = proc.communicate(timeout=120)
@@ -237,8 +262,11 @@ def test_environment_error_stops_with_a_message_and_keeps_the_checkpoint(tmp_pat
 
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, cli):
-    spec = {"env": {"id": "sfspec/Counter-v0", "num_envs": 2, "kwargs": {"nan_at": 20}},
-            "model": {}, "train": {"rollout": 8, "checkpoint_interval": 1, "steps": 1000}}
+    spec = {
+        "env": {"id": "sfspec/Counter-v0", "num_envs": 2, "kwargs": {"nan_at": 20}},
+        "model": {},
+        "train": {"rollout": 8, "checkpoint_interval": 1, "steps": 1000},
+    }
     run = tmp_path / "run"
     result = cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")
     assert result.code == 1
@@ -247,14 +275,18 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, cli):
     assert saved["update"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
 
 
-@pytest.mark.parametrize("env_id", ["SpaceTest/Dict-v0", "SpaceTest/Mixed-v0", "SpaceTest/DictAction-v0",
-                                    "SpaceTest/Masked-v0"])
+@pytest.mark.parametrize(
+    "env_id", ["SpaceTest/Dict-v0", "SpaceTest/Mixed-v0", "SpaceTest/DictAction-v0", "SpaceTest/Masked-v0"]
+)
 def test_training_runs_on_every_space(cli, tmp_path, env_id):
     """SpaceEnv asserts that every action it receives lies in its action space."""
     model = {"encoder": [{"linear": 16}]}
     if env_id == "SpaceTest/Dict-v0":
-        model = {"encoder": {"inputs": {"camera": ["flatten", {"linear": 8}]}}, "normalize_obs": True,
-                 "action": {"bounds": "tanh"}}
+        model = {
+            "encoder": {"inputs": {"camera": ["flatten", {"linear": 8}]}},
+            "normalize_obs": True,
+            "action": {"bounds": "tanh"},
+        }
     if env_id == "SpaceTest/Masked-v0":
         model["action"] = {"mask": "action_mask"}
     spec = {"env": {"id": env_id, "num_envs": 2}, "model": model, "train": {"rollout": 16, "steps": 64}}
@@ -282,3 +314,80 @@ def test_plot_writes_a_png(cli, tmp_path):
     assert result.code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli("plot", str(tmp_path / "nothing")).code == 2
+
+
+def test_rollout_makes_no_host_synchronisation_with_a_tensor_env(monkeypatch):
+    """With a device env, nothing in a rollout reads a tensor back to the host."""
+    spec = {
+        "env": {"id": "sfspec/CartPole-v1", "num_envs": 8},
+        "model": {"core": [{"gru": 8}]},
+        "train": {"normalize_returns": True},
+    }
+    env = make_env(spec["env"], 0, torch.device("cpu"))
+    model = compile_model(spec, env.observation_space, env.action_space)
+    cfg = TrainConfig.from_spec(spec)
+    from sfspec.runtime.ppo import ReturnNormalizer
+
+    carry = Carry.start(env.reset(seed=0), model, 8, torch.device("cpu"))
+    rollout = Rollout.allocate(64, carry.obs, 1, model.state_size, "cpu", batched_bootstrap=True)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the rollout")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    collect_rollout(model, env, carry, rollout, cfg, ReturnNormalizer())
+    monkeypatch.undo()
+    assert rollout.ends.sum() > 0  # episodes ended (and were reset) inside the rollout
+
+
+def test_next_step_autoreset_env_reports_the_reset_steps():
+    """gymnasium's own batched CartPole resets on the step after an episode ends: that step is masked."""
+    env = make_env({"id": "CartPole-v1", "num_envs": 4, "vectorization": "vector_entry_point"}, 0, torch.device("cpu"))
+    assert env.next_step_reset
+    spec = {"env": {"id": "CartPole-v1"}, "model": {}}
+    model = compile_model(spec, env.observation_space, env.action_space)
+    carry = Carry.start(env.reset(seed=0), model, 4, torch.device("cpu"))
+    rollout = Rollout.allocate(100, carry.obs, 1, 0, "cpu", masked=True)
+    collect_rollout(model, env, carry, rollout, TrainConfig.from_spec(spec), None)
+    ended = rollout.ends * rollout.valid  # real episode ends
+    assert ended.sum() > 0
+    # every real end is followed by exactly one masked reset step (when inside the rollout)
+    following = rollout.valid[1:][ended[:-1] > 0]
+    assert following.numel() > 0 and following.sum() == 0
+    assert (rollout.valid == 0).sum() == (ended[:-1] > 0).sum()
+    _, length, episodes = carry.take_episode_stats()
+    assert episodes == int(ended.sum()) and length > 8
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"lr_schedule": "kl_adaptive", "desired_kl": 1e-4},
+        {"target_kl": 1e-6, "value_clip": 0.2, "normalize_returns": True},
+        {"lr_schedule": "linear", "max_grad_norm": None, "normalize_advantages": False},
+        {"amp": True},
+    ],
+)
+def test_training_options(cli, tmp_path, options):
+    spec = {**CARTPOLE, "train": {**CARTPOLE["train"], "steps": 3 * 1024, "log_interval": 1, **options}}
+    run = tmp_path / "run"
+    result = cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")
+    assert result.code == 0, result.err
+    rows = metrics(run)
+    assert all(r["loss"] == r["loss"] for r in rows)  # finite
+    if options.get("lr_schedule") == "kl_adaptive":
+        assert rows[-1]["lr"] != CARTPOLE["train"]["lr"]  # adapted
+    if options.get("lr_schedule") == "linear":
+        assert rows[0]["lr"] > rows[-1]["lr"]
+
+
+def test_vector_entry_point_training(cli, tmp_path):
+    spec = {
+        "env": {"id": "CartPole-v1", "num_envs": 4, "vectorization": "vector_entry_point"},
+        "model": {},
+        "train": {"rollout": 64, "steps": 512, "log_interval": 1},
+    }
+    run = tmp_path / "run"
+    assert cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
+    assert metrics(run)[-1]["length_mean"] > 5

@@ -52,7 +52,7 @@ def evaluate(
             actions, state = model.deterministic_actions(obs, state)
             step = env.step(actions, model.layout)
             ep_return += step.reward
-            ep_length += 1
+            ep_length += 1 if step.valid is None else step.valid.to(ep_length.dtype)
             done = step.terminated | step.truncated
             if done.any():
                 for i in torch.nonzero(done).flatten().tolist():

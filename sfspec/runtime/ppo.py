@@ -75,10 +75,19 @@ class Rollout:
     final_obs: ObsDict | None = None  # (T, N, ...) observation reached by each step, before reset
     next_states: torch.Tensor | None = None  # (T, N, S) state after each step
     truncated: torch.Tensor | None = None  # (T, N) float
+    # Next-step autoreset envs only: 0 where the step was the env's reset (excluded from the losses).
+    valid: torch.Tensor | None = None
 
     @classmethod
     def allocate(
-        cls, steps: int, obs: ObsDict, action_size: int, state_size: int, device, batched_bootstrap: bool = False
+        cls,
+        steps: int,
+        obs: ObsDict,
+        action_size: int,
+        state_size: int,
+        device,
+        batched_bootstrap: bool = False,
+        masked: bool = False,
     ) -> Rollout:
         """Preallocate storage shaped after one batch of observations."""
         n = next(iter(obs.values())).shape[0]
@@ -89,6 +98,8 @@ class Rollout:
                 "next_states": torch.zeros(steps, n, state_size, device=device),
                 "truncated": torch.zeros(steps, n, device=device),
             }
+        if masked:
+            extra["valid"] = torch.ones(steps, n, device=device)
         return cls(
             obs={k: torch.zeros((steps, *v.shape), dtype=v.dtype, device=device) for k, v in obs.items()},
             actions=torch.zeros(steps, n, action_size, device=device),
@@ -116,6 +127,11 @@ class ReturnNormalizer(nn.Module):
         return reward / torch.sqrt(self.rms.var + 1e-8).to(reward.dtype)
 
 
+def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast for the network when ``train.amp`` is on (distribution math stays float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp)
+
+
 @torch.no_grad()
 def collect_rollout(
     model: ActorCritic, env, carry: Carry, rollout: Rollout, cfg: TrainConfig, return_norm: ReturnNormalizer | None
@@ -125,7 +141,8 @@ def collect_rollout(
         rollout.starts[t] = carry.done
         rollout.states[t] = carry.state
         state = carry.state * (1.0 - carry.done).unsqueeze(-1)
-        out = model.act(carry.obs, state)
+        with autocast(cfg, state.device):
+            out = model.act(carry.obs, state)
         for key, value in carry.obs.items():
             rollout.obs[key][t] = value
         rollout.actions[t] = out.actions
@@ -133,13 +150,17 @@ def collect_rollout(
         rollout.values[t] = out.values
 
         step: Step = env.step(model.to_env(out.actions), model.layout)
-        done = (step.terminated | step.truncated).to(torch.float32)
+        ended = (step.terminated | step.truncated).to(torch.float32)
         reward = step.reward
         carry.episode_return.add_(reward)
         carry.episode_length.add_(1.0)
-        carry.finished_return.add_((carry.episode_return * done).sum())
-        carry.finished_length.add_((carry.episode_length * done).sum())
-        carry.finished_count.add_(done.sum())
+        carry.finished_return.add_((carry.episode_return * ended).sum())
+        carry.finished_length.add_((carry.episode_length * ended).sum())
+        carry.finished_count.add_(ended.sum())
+        done = ended
+        if step.valid is not None:  # an env's reset step: no transition; the next step starts afresh
+            rollout.valid[t] = step.valid.to(torch.float32)
+            done = torch.maximum(ended, 1.0 - rollout.valid[t])
         carry.episode_return.mul_(1.0 - done)
         carry.episode_length.mul_(1.0 - done)
         if return_norm is not None:
@@ -192,6 +213,7 @@ class Batch:
     returns: torch.Tensor
     starts: torch.Tensor
     state: torch.Tensor  # (B, S) state before the first step
+    valid: torch.Tensor | None = None  # (L, B) weights: 0 for steps that were an env's reset
 
 
 def make_sequences(rollout: Rollout, advantages: torch.Tensor, returns: torch.Tensor, length: int) -> Batch:
@@ -212,6 +234,7 @@ def make_sequences(rollout: Rollout, advantages: torch.Tensor, returns: torch.Te
         returns=cut(returns),
         starts=cut(rollout.starts),
         state=rollout.states[::length].reshape(chunks * n, -1),
+        valid=cut(rollout.valid) if rollout.valid is not None else None,
     )
 
 
@@ -226,35 +249,48 @@ def select(batch: Batch, index: torch.Tensor) -> Batch:
         returns=batch.returns[:, index],
         starts=batch.starts[:, index],
         state=batch.state[index],
+        valid=batch.valid[:, index] if batch.valid is not None else None,
     )
 
 
 def ppo_loss(model: ActorCritic, mb: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Clipped surrogate + value loss - entropy bonus, and the statistics to log."""
-    log_probs, entropy, values = model.evaluate(mb.obs, mb.state, mb.starts, mb.actions)
+    with autocast(cfg, mb.state.device):
+        log_probs, entropy, values = model.evaluate(mb.obs, mb.state, mb.starts, mb.actions)
+    log_probs, entropy, values = log_probs.float(), entropy.float(), values.float()
     log_ratio = log_probs - mb.log_probs
     ratio = log_ratio.exp()
+    mean = _mean_over(mb.valid)
     advantages = mb.advantages
     if cfg.normalize_advantages:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    policy_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)).mean()
+        centred = advantages - mean(advantages)
+        advantages = centred / (mean(centred**2).sqrt() + 1e-8)
+    policy_loss = mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)))
     if cfg.value_clip is not None:
         clipped = mb.values + (values - mb.values).clamp(-cfg.value_clip, cfg.value_clip)
-        value_loss = 0.5 * torch.max((values - mb.returns) ** 2, (clipped - mb.returns) ** 2).mean()
+        value_loss = 0.5 * mean(torch.max((values - mb.returns) ** 2, (clipped - mb.returns) ** 2))
     else:
-        value_loss = 0.5 * ((values - mb.returns) ** 2).mean()
-    entropy_mean = entropy.mean()
+        value_loss = 0.5 * mean((values - mb.returns) ** 2)
+    entropy_mean = mean(entropy)
     loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_mean
     with torch.no_grad():
         stats = {
             "policy_loss": policy_loss.detach(),
             "value_loss": value_loss.detach(),
             "entropy": entropy_mean.detach(),
-            "approx_kl": ((ratio - 1) - log_ratio).mean(),
-            "clip_fraction": ((ratio - 1.0).abs() > cfg.clip).float().mean(),
+            "approx_kl": mean((ratio - 1) - log_ratio),
+            "clip_fraction": mean(((ratio - 1.0).abs() > cfg.clip).float()),
             "loss": loss.detach(),
         }
     return loss, stats
+
+
+def _mean_over(weights: torch.Tensor | None):
+    """A mean over all elements, or over the weighted ones (steps that were an env's reset weigh 0)."""
+    if weights is None:
+        return torch.mean
+    total = weights.sum().clamp(min=1.0)
+    return lambda x: (x * weights).sum() / total
 
 
 def ppo_update(
@@ -269,6 +305,7 @@ def ppo_update(
     mb_size = max(1, count // cfg.minibatches)
     totals: dict[str, torch.Tensor] = {}
     updates = 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for _ in range(cfg.epochs):
         epoch_kl = torch.zeros((), device=next_value.device)
         order = torch.randperm(count, device=next_value.device)
@@ -277,7 +314,7 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value

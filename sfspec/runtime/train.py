@@ -69,6 +69,11 @@ def build_for_spec(spec: dict, env, device: torch.device, smap: SourceMap | None
     return model.to(device)
 
 
+def make_optimizer(model: ActorCritic, lr: float) -> torch.optim.Optimizer:
+    """Adam with its fused kernel (one call for all parameters, CPU and CUDA alike)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -130,7 +135,9 @@ def _run(
     spec, cfg: TrainConfig, env, device, run_dir: Path, quiet: bool, checkpoint, smap, spec_name, on_log
 ) -> TrainResult:
     model = build_for_spec(spec, env, device, smap)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)
+    if cfg.compile:
+        model.compile()  # torch.compile of the network's forward; the first updates pay the compilation
+    optimizer = make_optimizer(model, cfg.lr)
     return_norm = ReturnNormalizer().to(device) if cfg.normalize_returns else None
     if cfg.bptt is not None and model.state_size and cfg.rollout % cfg.bptt:
         raise TrainingError(f"train.bptt ({cfg.bptt}) must divide train.rollout ({cfg.rollout})")
@@ -150,7 +157,13 @@ def _run(
         carry = _restore_carry(checkpoint, env, model, device, cfg, update)
 
     rollout = Rollout.allocate(
-        cfg.rollout, carry.obs, model.layout.size, model.state_size, device, batched_bootstrap=env.on_device
+        cfg.rollout,
+        carry.obs,
+        model.layout.size,
+        model.state_size,
+        device,
+        batched_bootstrap=env.on_device,
+        masked=getattr(env, "next_step_reset", False),
     )
     logger = RunLogger(run_dir, total_updates * batch_steps, update * batch_steps, quiet, spec_name)
 

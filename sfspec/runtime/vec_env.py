@@ -32,6 +32,8 @@ class Step:
     terminated: torch.Tensor  # (N,) bool
     truncated: torch.Tensor  # (N,) bool
     final_obs: ObsDict | None  # observations before reset (None when no env truncated or ended)
+    # Envs that autoreset on the next step: False where this step was that reset (no real transition).
+    valid: torch.Tensor | None = None
 
 
 def flatten_obs(obs: Any, keys: list[str]) -> dict[str, Any]:
@@ -103,7 +105,7 @@ class TensorEnvAdapter:
 class GymVectorAdapter:
     """A gymnasium vector env with same-step autoreset; observations are copied to ``device``."""
 
-    def __init__(self, env: Any, env_id: str, device: torch.device):
+    def __init__(self, env: Any, env_id: str, device: torch.device, next_step_reset: bool = False):
         self.env = env
         self.env_id = env_id
         self.device = device
@@ -112,12 +114,17 @@ class GymVectorAdapter:
         self.action_space = env.single_action_space
         self.keys = list(flatten_space(self.observation_space))
         self.on_device = False
+        # A next-step autoreset env returns the final observation itself and resets on the
+        # following step, which ignores its action: that step is reported as not valid.
+        self.next_step_reset = next_step_reset
+        self._resetting = np.zeros(self.num_envs, dtype=bool)
 
     def _to_device(self, obs: Any) -> ObsDict:
         return {k: torch.as_tensor(np.asarray(v)).to(self.device) for k, v in flatten_obs(obs, self.keys).items()}
 
     def reset(self, seed: int | None = None) -> ObsDict:
         """Reset every environment (env i seeded with seed + i)."""
+        self._resetting[:] = False
         try:
             obs, _ = self.env.reset(seed=seed)
         except Exception as exc:
@@ -131,16 +138,22 @@ class GymVectorAdapter:
             obs, reward, terminated, truncated, info = self.env.step(batched)
         except Exception as exc:
             raise EnvStepError(f"{self.env_id}: step raised {type(exc).__name__}: {exc}") from exc
-        final_obs = None
+        final_obs, valid = None, None
         done = np.logical_or(terminated, truncated)
-        if done.any():
+        device_obs = self._to_device(obs)
+        if self.next_step_reset:
+            valid = torch.as_tensor(~self._resetting).to(self.device)
+            self._resetting = done.copy()
+            final_obs = device_obs if done.any() else None
+        elif done.any():
             final_obs = self._final_obs(obs, info, done)
         return Step(
-            self._to_device(obs),
+            device_obs,
             torch.as_tensor(np.asarray(reward, dtype=np.float32)).to(self.device),
             torch.as_tensor(np.asarray(terminated, dtype=bool)).to(self.device),
             torch.as_tensor(np.asarray(truncated, dtype=bool)).to(self.device),
             final_obs,
+            valid,
         )
 
     def _final_obs(self, obs: Any, info: dict, done: np.ndarray) -> ObsDict:
@@ -172,23 +185,12 @@ def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter
         mode = "sync"
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
     if mode == "vector_entry_point":
-        spec = gym.spec(env_id)
-        supported = (spec.kwargs or {}).get("autoreset_mode") or _entry_point_autoreset(spec)
-        if supported != AutoresetMode.SAME_STEP:
-            raise EnvStepError(
-                f"{env_id}'s own batched entry point autoresets on the next step, which loses the final "
-                "observation sfspec bootstraps from; use vectorization: sync or async"
-            )
+        if gym.spec(env_id).vector_entry_point is None:
+            raise EnvStepError(f"{env_id} has no batched entry point of its own; use vectorization: sync or async")
         vector_kwargs = {}
     env = gym.make_vec(env_id, num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
-    return GymVectorAdapter(env, env_id, device)
-
-
-def _entry_point_autoreset(spec: Any) -> Any:
-    import gymnasium as gym
-
-    entry = spec.vector_entry_point
-    if entry is None:
-        return None
-    cls = gym.envs.registration.load_env_creator(entry) if isinstance(entry, str) else entry
-    return getattr(cls, "metadata", {}).get("autoreset_mode")
+    autoreset = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
+    if autoreset not in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP):
+        env.close()
+        raise EnvStepError(f"{env_id}: autoreset mode {autoreset} is not supported")
+    return GymVectorAdapter(env, env_id, device, next_step_reset=autoreset == AutoresetMode.NEXT_STEP)
