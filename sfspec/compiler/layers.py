@@ -461,29 +461,21 @@ def _infer_rnn(call: LayerCall) -> Shape:
     return (call.args["hidden"],)
 
 
-@register_layer(
-    "gru",
-    params=RNN_PARAMS,
-    required=("hidden",),
-    primary="hidden",
-    sections={"core"},
-    recurrent=True,
-    infer=_infer_rnn,
-)
-def build_gru(call: LayerCall) -> nn.Module:
-    """Multi-layer GRU; its state is carried by the core."""
-    return _nn().GRU(call.in_shape[0], call.args["hidden"], call.args["layers"])
+def _build_rnn(call: LayerCall) -> nn.Module:
+    """Multi-layer GRU or LSTM; its state (h, and c for an LSTM) is carried by the core."""
+    cls = _nn().GRU if call.name == "gru" else _nn().LSTM
+    return cls(call.in_shape[0], call.args["hidden"], call.args["layers"])
 
 
-@register_layer(
-    "lstm",
-    params=RNN_PARAMS,
-    required=("hidden",),
-    primary="hidden",
-    sections={"core"},
-    recurrent=True,
-    infer=_infer_rnn,
-)
-def build_lstm(call: LayerCall) -> nn.Module:
-    """Multi-layer LSTM; its state (h and c) is carried by the core."""
-    return _nn().LSTM(call.in_shape[0], call.args["hidden"], call.args["layers"])
+for _name in ("gru", "lstm"):
+    register_layer(
+        _name,
+        _build_rnn,
+        params=RNN_PARAMS,
+        required=("hidden",),
+        primary="hidden",
+        sections={"core"},
+        recurrent=True,
+        infer=_infer_rnn,
+        description=f"multi-layer {_name.upper()} (core only); the core carries its state",
+    )

@@ -49,8 +49,10 @@ def flatten_obs(obs: Any, keys: list[str]) -> dict[str, Any]:
     return out
 
 
-class TensorEnvAdapter:
-    """A bundled (or user-registered) tensor env: everything stays on its device."""
+class _Adapter:
+    """What both adapters share: the env, its one-env spaces and the model's input keys."""
+
+    on_device = False
 
     def __init__(self, env: Any, env_id: str, device: torch.device):
         self.env = env
@@ -60,7 +62,16 @@ class TensorEnvAdapter:
         self.observation_space = env.single_observation_space
         self.action_space = env.single_action_space
         self.keys = list(flatten_space(self.observation_space))
-        self.on_device = True
+
+    def close(self) -> None:
+        """Release the environments."""
+        self.env.close()
+
+
+class TensorEnvAdapter(_Adapter):
+    """A bundled (or user-registered) tensor env: everything stays on its device."""
+
+    on_device = True
 
     def reset(self, seed: int | None = None) -> ObsDict:
         """Reset every environment."""
@@ -97,23 +108,12 @@ class TensorEnvAdapter:
         self.env.generator.set_state(snapshot["generator"])
         return flatten_obs(self.env._observe(self.env.state), self.keys)
 
-    def close(self) -> None:
-        """Release the environment."""
-        self.env.close()
 
-
-class GymVectorAdapter:
-    """A gymnasium vector env with same-step autoreset; observations are copied to ``device``."""
+class GymVectorAdapter(_Adapter):
+    """A gymnasium vector env; observations are copied to ``device``."""
 
     def __init__(self, env: Any, env_id: str, device: torch.device, next_step_reset: bool = False):
-        self.env = env
-        self.env_id = env_id
-        self.device = device
-        self.num_envs = env.num_envs
-        self.observation_space = env.single_observation_space
-        self.action_space = env.single_action_space
-        self.keys = list(flatten_space(self.observation_space))
-        self.on_device = False
+        super().__init__(env, env_id, device)
         # A next-step autoreset env returns the final observation itself and resets on the
         # following step, which ignores its action: that step is reported as not valid.
         self.next_step_reset = next_step_reset
@@ -164,10 +164,6 @@ class GymVectorAdapter:
             for key, value in flatten_obs(finals[i], self.keys).items():
                 flat[key][i] = value
         return {k: torch.as_tensor(v).to(self.device) for k, v in flat.items()}
-
-    def close(self) -> None:
-        """Close the environments."""
-        self.env.close()
 
 
 def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter | GymVectorAdapter:

@@ -1,0 +1,144 @@
+"""The deployable policy: raw observations in, actions in the environment's units out.
+
+``DeployPolicy`` wraps a trained actor-critic for export. Its inputs are one tensor per
+observation key (raw, as the environment gives them: the preprocessing and normaliser are
+inside), then, for recurrent models, the state of each recurrent layer as named tensors
+(``h_in``, and ``c_in`` for an LSTM) and a per-row ``reset`` flag that zeroes memory. Its outputs
+are the deterministic actions already mapped to the action space's bounds, one tensor per action
+part, then the next state (``h_out``, ``c_out``) and, if asked, the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sfspec.compiler.build import CompiledActorCritic, SpecCore
+from sfspec.compiler.model import ActorCritic
+
+
+@dataclass(frozen=True)
+class StateSlot:
+    """One named recurrent state tensor: its place in the flat state and its exported shape."""
+
+    name: str  # without the _in / _out suffix: "h", "c", "h_1", "critic_h", ...
+    start: int  # offset in the model's flat (B, S) state
+    layers: int
+    hidden: int
+
+    @property
+    def width(self) -> int:
+        """Columns of the flat state it covers."""
+        return self.layers * self.hidden
+
+
+def _core_slots(core: nn.Module, offset: int, prefix: str) -> list[tuple[str, int, int, int]]:
+    """(kind, start, layers, hidden) per state tensor of one stack's core."""
+    if isinstance(core, SpecCore):
+        out = []
+        for kind, (start, layers, hidden) in zip(core.kinds, core.state_slices):
+            if kind == "ff":
+                continue
+            out.append(("h", offset + start, layers, hidden))
+            if kind == "lstm":
+                out.append(("c", offset + start + layers * hidden, layers, hidden))
+        return out
+    size = core.state_size() if hasattr(core, "state_size") else 0
+    return [("h", offset, 1, size)] if size else []
+
+
+def state_slots(model: ActorCritic, with_value: bool) -> list[StateSlot]:
+    """The named state tensors a deployed policy carries (the critic's only with the value)."""
+    if isinstance(model, CompiledActorCritic):
+        stacks = [("", model.actor_stack, 0)]
+        if with_value and model.critic_stack is not None:
+            stacks.append(("critic_", model.critic_stack, model.actor_state_size))
+        raw = [(prefix, *slot) for prefix, stack, offset in stacks for slot in _core_slots(stack.core, offset, prefix)]
+    else:
+        raw = [("", "h", 0, 1, model.state_size)] if model.state_size else []
+    counts: dict[tuple[str, str], int] = {}
+    for prefix, kind, *_ in raw:
+        counts[(prefix, kind)] = counts.get((prefix, kind), 0) + 1
+    seen: dict[tuple[str, str], int] = {}
+    slots = []
+    for prefix, kind, start, layers, hidden in raw:
+        index = seen.get((prefix, kind), 0)
+        seen[(prefix, kind)] = index + 1
+        suffix = f"_{index}" if counts[(prefix, kind)] > 1 else ""
+        slots.append(StateSlot(f"{prefix}{kind}{suffix}", start, layers, hidden))
+    return slots
+
+
+class DeployPolicy(nn.Module):
+    """forward(*observations, *states_in, reset) -> (*actions, *states_out[, value])."""
+
+    def __init__(self, model: ActorCritic, with_value: bool = False):
+        super().__init__()
+        self.model = model.eval()
+        self.with_value = with_value
+        self.obs_keys = list(model.inputs)
+        self.slots = state_slots(model, with_value)
+        # A compiled model without the value need not run (or carry state for) the critic.
+        self.actor_only = isinstance(model, CompiledActorCritic) and model.critic_stack is not None and not with_value
+        self.state_size = model.actor_state_size if self.actor_only else model.state_size
+        self.head = model.action_head
+        self.parts = [(p.kind, p.size, tuple(p.space.shape)) for p in model.layout.parts]
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the inputs, in order."""
+        names = list(self.obs_keys) + [f"{s.name}_in" for s in self.slots]
+        return names + (["reset"] if self.slots else [])
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the outputs, in order."""
+        layout = self.model.layout
+        if layout.container == "plain":
+            actions = ["action"]
+        else:
+            actions = [f"action_{k}" for k in layout.keys]
+        return actions + [f"{s.name}_out" for s in self.slots] + (["value"] if self.with_value else [])
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n_obs = len(self.obs_keys)
+        obs = {k: inputs[i] for i, k in enumerate(self.obs_keys)}
+        batch = inputs[0].shape[0]
+        flat = self._flat_state(inputs[n_obs:], batch, inputs[0])
+        normalized = self.model.preprocessor(obs)
+        if self.actor_only:
+            x, new_state = self.model.actor_stack(normalized, flat)
+            params = self.model.action_parameterization(x)
+            value = None
+        else:
+            out = self.model(normalized, flat)
+            params, new_state, value = out["action_params"], out["new_rnn_states"], out["values"]
+        mask = self.model._mask(obs)
+        env_actions = self.head.to_env(self.head.distribution(params, mask).mode())
+        outputs = self._split_actions(env_actions, batch)
+        for slot in self.slots:
+            outputs.append(new_state[:, slot.start : slot.start + slot.width].reshape(batch, slot.layers, slot.hidden))
+        if self.with_value:
+            outputs.append(value)
+        return tuple(outputs)
+
+    def _flat_state(self, state_inputs: tuple, batch: int, like: torch.Tensor) -> torch.Tensor:
+        if not self.slots:
+            return torch.zeros(batch, 0, device=like.device)
+        reset = state_inputs[-1].reshape(batch, 1).to(torch.float32)
+        pieces = [s.reshape(batch, -1) for s in state_inputs[:-1]]
+        return torch.cat(pieces, dim=1) * (1.0 - reset)  # slots are in the flat state's order
+
+    def _split_actions(self, actions: torch.Tensor, batch: int) -> list[torch.Tensor]:
+        """One tensor per action part, shaped and typed like the space's samples (batched)."""
+        out, start = [], 0
+        for kind, size, shape in self.parts:
+            part = actions[:, start : start + size]
+            start += size
+            if kind == "gaussian":
+                out.append(part.reshape(batch, *shape))
+            else:  # discrete values travel as floats inside the model; exact integers here
+                out.append(part.round().to(torch.int64).reshape(batch, *shape))
+        return out
