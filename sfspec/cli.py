@@ -132,26 +132,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a run's policy deterministically on fresh environments."""
+    """Evaluate a run's policy (or an exported bundle) deterministically on fresh environments."""
     from pathlib import Path
 
-    from sfspec.runtime.evaluate import evaluate, record_video
+    from sfspec.runtime.evaluate import evaluate, evaluate_bundle, record_video
     from sfspec.runtime.train import build_for_spec, resolve_device
     from sfspec.runtime.vec_env import make_env
 
-    loaded, checkpoint = _load_run_spec(args.run, args.overrides)
-    spec = loaded.data
-    device = resolve_device(args.device or "cpu")
-    probe = make_env({**spec["env"], "num_envs": 1}, 0, device)
-    try:
-        model = build_for_spec(spec, probe, device, loaded.source_map)
-    finally:
-        probe.close()
-    model.load_state_dict(checkpoint["model"])
-    seed = spec.get("train", {}).get("seed", 0)
-    result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
-    if args.video:
-        result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
+    if (Path(args.run) / "policy.json").is_file():  # an exported bundle, run by onnxruntime
+        from sfspec.errors import Location
+        from sfspec.spec.loader import LoadedSpec, SourceMap, apply_overrides
+
+        spec = json.loads((Path(args.run) / "policy.json").read_text())["spec"]
+        smap = SourceMap(values={(): Location(f"{args.run} (the bundle's spec)")})
+        spec = apply_overrides(LoadedSpec(spec, smap, args.run), args.overrides).data
+        seed = spec.get("train", {}).get("seed", 0)
+        result = evaluate_bundle(Path(args.run), spec["env"], args.episodes, seed, args.backend).summary()
+    else:
+        loaded, checkpoint = _load_run_spec(args.run, args.overrides)
+        spec = loaded.data
+        device = resolve_device(args.device or "cpu")
+        probe = make_env({**spec["env"], "num_envs": 1}, 0, device)
+        try:
+            model = build_for_spec(spec, probe, device, loaded.source_map)
+        finally:
+            probe.close()
+        model.load_state_dict(checkpoint["model"])
+        seed = spec.get("train", {}).get("seed", 0)
+        result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
+        if args.video:
+            result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
     if args.json:
         print(json.dumps(result))
     else:
@@ -174,6 +184,67 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a run, a checkpoint or a bare spec as a policy bundle."""
+    from pathlib import Path
+
+    import torch
+
+    from sfspec import pipeline
+    from sfspec.export.bundle import FORMATS, export_bundle
+    from sfspec.runtime.train import seed_everything
+
+    source = Path(args.source)
+    if source.suffix in (".yaml", ".yml"):
+        loaded = pipeline.load(source, args.overrides)
+        seed_everything(loaded.data.get("train", {}).get("seed", 0))
+        model = pipeline.compile_spec(loaded)  # freshly initialised: for testing a deployment pipeline
+        out = Path(args.out or f"{source.stem}-bundle")
+    else:
+        loaded, checkpoint = _load_run_spec(args.source, args.overrides)
+        model = pipeline.compile_spec(loaded)
+        model.load_state_dict(checkpoint["model"])
+        out = Path(args.out or ((source if source.is_dir() else source.parent) / "bundle"))
+    export_cfg = loaded.data.get("export", {})
+    formats = args.formats.split(",") if args.formats else export_cfg.get("formats", list(FORMATS))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise UsageError(f"--formats: unknown format '{unknown[0]}'; choose from {', '.join(FORMATS)}")
+    batch = args.batch or export_cfg.get("batch", "dynamic")
+    if batch != "dynamic":
+        batch = int(batch)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    report = export_bundle(
+        model,
+        loaded.data,
+        out,
+        tuple(formats),
+        args.opset or export_cfg.get("opset", 18),
+        batch,
+        args.with_value or export_cfg.get("with_value", False),
+        args.legacy_onnx,
+    )
+    worst = ", ".join(f"{k} {v:.2g}" for k, v in report.worst.items())
+    print(f"bundle: {out} ({', '.join(report.files)}); parity worst abs error: {worst}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Replay a bundle's golden inputs through every artifact; report errors and latency."""
+    from sfspec.export.bundle import check_bundle
+
+    report = check_bundle(args.bundle)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for fmt, r in report.items():
+            print(
+                f"{fmt:12} worst error {r['worst_abs_error']:.3g}  mismatches {r['mismatches']}  "
+                f"batch-1 latency median {r['latency_median_ms']:.3f} ms, p99 {r['latency_p99_ms']:.3f} ms"
+            )
+    return 0 if all(r["mismatches"] == 0 for r in report.values()) else 1
+
+
 class UsageError(Exception):
     """A command-line mistake that is not in a spec."""
 
@@ -185,6 +256,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "train": (cmd_train, "train a spec with PPO"),
     "eval": (cmd_eval, "evaluate a trained run deterministically"),
     "plot": (cmd_plot, "plot learning curves of runs"),
+    "export": (cmd_export, "write a deployable policy bundle (ONNX, TorchScript, torch.export)"),
+    "check": (cmd_check, "replay a bundle's golden inputs; report errors and latency"),
 }
 
 
@@ -223,12 +296,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: return_mean, return_std, episodes, ...")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--video", metavar="DIR", help="also record one episode to DIR (needs moviepy)")
+    p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"], help="for a bundle")
     _add_common(p)
 
     p = sub.add_parser("plot", help=COMMANDS["plot"][1], description=COMMANDS["plot"][1])
     p.add_argument("runs", nargs="+", metavar="RUN")
     p.add_argument("--out", default="learning_curves.png", help="PNG file to write")
     p.add_argument("--metric", default="return_mean", help="metric to plot against steps")
+    _add_common(p, overrides=False)
+
+    p = sub.add_parser("export", help=COMMANDS["export"][1], description=COMMANDS["export"][1])
+    p.add_argument("source", metavar="RUN|CHECKPOINT|SPEC")
+    p.add_argument("--out", metavar="DIR", help="bundle directory (default: RUN/bundle or <spec>-bundle)")
+    p.add_argument("--formats", help="comma-separated: onnx,torchscript,pt2 (default: the spec's export.formats)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    p.add_argument("--batch", help="dynamic (default) or a fixed batch size")
+    p.add_argument("--with-value", action="store_true", help="also output the critic's value")
+    p.add_argument("--legacy-onnx", action="store_true", help="use the TorchScript-based ONNX exporter")
+    _add_common(p)
+
+    p = sub.add_parser("check", help=COMMANDS["check"][1], description=COMMANDS["check"][1])
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("--json", action="store_true")
     _add_common(p, overrides=False)
     return parser
 
@@ -252,11 +341,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sfspec: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
     except Exception as exc:
+        from sfspec.export.bundle import ExportError
         from sfspec.runtime.checkpoint import CheckpointError
         from sfspec.runtime.train import TrainingError
         from sfspec.runtime.vec_env import EnvStepError
 
-        if isinstance(exc, (CheckpointError, TrainingError, EnvStepError)):
+        if isinstance(exc, (CheckpointError, TrainingError, EnvStepError, ExportError)):
             print(f"sfspec: {exc}", file=sys.stderr)
             return 1
         raise

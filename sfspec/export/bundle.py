@@ -66,7 +66,7 @@ def _obs_sample(policy: DeployPolicy, batch: int, generator: torch.Generator, sp
         space = info.space
         shape = (batch, *space.shape)
         if info.kind in ("discrete", "multi_discrete"):
-            high = torch.tensor(info.categories).reshape(*(() if info.kind == "discrete" else space.shape))
+            high = torch.tensor(info.categories).reshape(space.shape)
             low = torch.tensor(info.offset).reshape(high.shape)
             values = low + (torch.rand(shape, generator=generator) * high).floor()
             out.append(values.to(torch.int64))
@@ -260,7 +260,23 @@ def compare(expected: list[np.ndarray], got: list[np.ndarray], names: list[str])
 # ---------------------------------------------------------------- golden data and the parity gate
 
 
-def parity_cases(policy: DeployPolicy, samples: int = 1000, seed: int = 0) -> list[list[np.ndarray]]:
+def _rebatch(batches: list[list[torch.Tensor]], size: int | None) -> list[list[torch.Tensor]]:
+    """For a fixed-batch bundle: split larger batches into chunks of ``size``, tile smaller ones."""
+    if size is None:
+        return batches
+    out = []
+    for batch in batches:
+        rows = batch[0].shape[0]
+        if rows < size:
+            out.append([t.repeat_interleave(size // rows + 1, dim=0)[:size] for t in batch])
+        else:
+            out += [[t[i : i + size] for t in batch] for i in range(0, rows - size + 1, size)]
+    return out
+
+
+def parity_cases(
+    policy: DeployPolicy, samples: int = 1000, seed: int = 0, fixed_batch: int | None = None
+) -> list[list[np.ndarray]]:
     """Batches to compare on: samples around the normaliser's statistics, then edge cases."""
     gen = torch.Generator().manual_seed(seed)
     batches = [_obs_sample(policy, samples, gen) + _state_inputs(policy, samples, _random_resets(samples, gen))]
@@ -271,7 +287,7 @@ def parity_cases(policy: DeployPolicy, samples: int = 1000, seed: int = 0) -> li
         obs = _obs_sample(policy, 64, gen)
         states = [torch.randn(64, s.layers, s.hidden, generator=gen) * 0.5 for s in policy.slots]
         batches.append(obs + states + [torch.zeros(64)])
-    return [[t.numpy() for t in batch] for batch in batches]
+    return [[t.numpy() for t in batch] for batch in _rebatch(batches, fixed_batch)]
 
 
 def _random_resets(batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -296,11 +312,11 @@ def recurrent_rollout(policy: DeployPolicy, steps: int = 50, batch: int = 4, see
     return rows
 
 
-def check_parity(policy: DeployPolicy, artifacts: list[Artifact]) -> dict[str, float]:
+def check_parity(policy: DeployPolicy, artifacts: list[Artifact], fixed_batch: int | None = None) -> dict[str, float]:
     """Every artifact against eager PyTorch on the parity cases and a recurrent rollout; raise on mismatch."""
     names = policy.output_names
-    cases = parity_cases(policy)
-    rollout = recurrent_rollout(policy) if policy.slots else []
+    cases = parity_cases(policy, fixed_batch=fixed_batch)
+    rollout = recurrent_rollout(policy, batch=fixed_batch or 4) if policy.slots else []
     worst: dict[str, float] = {}
     problems = []
     for artifact in artifacts:
@@ -334,16 +350,16 @@ def _closed_loop(policy: DeployPolicy, artifact: Artifact, rollout: list[list[np
     return problems
 
 
-def golden_io(policy: DeployPolicy) -> dict[str, np.ndarray]:
+def golden_io(policy: DeployPolicy, fixed_batch: int | None = None) -> dict[str, np.ndarray]:
     """Recorded inputs and expected outputs: a batch of samples, and the recurrent rollout."""
     data: dict[str, np.ndarray] = {}
-    batch = parity_cases(policy, samples=64)[0]
+    batch = parity_cases(policy, samples=64, fixed_batch=fixed_batch)[0]
     for name, value in zip(policy.input_names, batch):
         data[f"batch/in/{name}"] = value
     for name, value in zip(policy.output_names, _eager(policy, batch)):
         data[f"batch/out/{name}"] = value
     if policy.slots:
-        rollout = recurrent_rollout(policy)
+        rollout = recurrent_rollout(policy, batch=fixed_batch or 4)
         for i, name in enumerate(policy.input_names):
             data[f"rollout/in/{name}"] = np.stack([row[i] for row in rollout])
         outs = [_eager(policy, row) for row in rollout]
@@ -445,6 +461,7 @@ def export_bundle(
         "deterministic": True,
         "with_value": with_value,
         "env_id": spec["env"]["id"],
+        "spec": spec,
         **_layout_metadata(policy, example),
     }
     writers = {
@@ -461,8 +478,9 @@ def export_bundle(
             raise ExportError(f"{fmt} export failed: {type(exc).__name__}: {exc}") from exc
         written.append(path)
     artifacts = [Artifact(fmt, out_dir / FILES[fmt], policy.input_names) for fmt in formats]
-    worst = check_parity(policy, artifacts)
-    golden = golden_io(policy)
+    fixed = None if batch == "dynamic" else int(batch)
+    worst = check_parity(policy, artifacts, fixed)
+    golden = golden_io(policy, fixed)
     buffer = io.BytesIO()
     np.savez(buffer, **golden)
     atomic_write(out_dir / "golden_io.npz", lambda f: f.write(buffer.getvalue()))
@@ -470,3 +488,51 @@ def export_bundle(
     metadata["parity_worst_abs_error"] = worst
     atomic_write_text(out_dir / "policy.json", json.dumps(metadata, indent=2) + "\n")
     return ExportReport(out_dir, [p.name for p in written] + ["golden_io.npz", "policy.json"], worst)
+
+
+# ---------------------------------------------------------------- checking a bundle
+
+
+def check_bundle(bundle: str | Path, latency_runs: int = 200) -> dict[str, dict[str, float]]:
+    """Replay ``golden_io.npz`` through every artifact; worst error and batch-1 latency (one thread)."""
+    import time
+
+    bundle = Path(bundle)
+    meta = json.loads((bundle / "policy.json").read_text())
+    golden = np.load(bundle / "golden_io.npz")
+    inputs, outputs = meta["inputs"], meta["outputs"]
+    torch.set_num_threads(1)
+    report: dict[str, dict[str, float]] = {}
+    for fmt, name in meta["files"].items():
+        artifact = Artifact(fmt, bundle / name, inputs)
+        worst, problems = 0.0, []
+        batch_in = [golden[f"batch/in/{n}"] for n in inputs]
+        err, bad = compare([golden[f"batch/out/{n}"] for n in outputs], artifact(batch_in), outputs)
+        worst, problems = max(worst, err), problems + bad
+        if f"rollout/in/{inputs[0]}" in golden:
+            steps = golden[f"rollout/in/{inputs[0]}"].shape[0]
+            for t in range(steps):
+                err, bad = compare(
+                    [golden[f"rollout/out/{n}"][t] for n in outputs],
+                    artifact([golden[f"rollout/in/{n}"][t] for n in inputs]),
+                    outputs,
+                )
+                worst, problems = max(worst, err), problems + [f"rollout step {t}: {b}" for b in bad]
+        rows = 1 if meta["batch"] == "dynamic" else int(meta["batch"])  # batch 1 unless the bundle fixes it
+        one = [x[:rows] for x in batch_in]
+        for _ in range(10):
+            artifact(one)
+        times = []
+        for _ in range(latency_runs):
+            start = time.perf_counter()
+            artifact(one)
+            times.append(time.perf_counter() - start)
+        report[fmt] = {
+            "worst_abs_error": worst,
+            "mismatches": len(problems),
+            "latency_median_ms": float(np.median(times) * 1e3),
+            "latency_p99_ms": float(np.percentile(times, 99) * 1e3),
+        }
+        if problems:
+            report[fmt]["first_mismatch"] = problems[0]  # type: ignore[assignment]
+    return report

@@ -38,19 +38,57 @@ def evaluate(
     model: ActorCritic, env_cfg: dict, episodes: int, seed: int, device: torch.device, max_steps: int = 1_000_000
 ) -> EvalResult:
     """Run deterministic actions until ``episodes`` episodes have finished (the first of each env counts)."""
+    model.eval()
+    memory: dict[str, torch.Tensor] = {}
+
+    def act(obs: dict, done: torch.Tensor | None) -> torch.Tensor:
+        n = next(iter(obs.values())).shape[0]
+        state = memory.get("state", model.initial_state(n, device))
+        if done is not None:
+            state = state * (~done).unsqueeze(-1).to(state.dtype)
+        actions, memory["state"] = model.deterministic_actions(obs, state)
+        return actions
+
+    return run_episodes(act, model.layout, env_cfg, episodes, seed, device, max_steps)
+
+
+def evaluate_bundle(bundle: Path, env_cfg: dict, episodes: int, seed: int, backend: str = "onnx") -> EvalResult:
+    """Evaluate an exported bundle in the environment, exactly like a checkpoint (onnxruntime by default)."""
+    from sfspec.compiler.spaces import action_layout
+    from sfspec.export.runner import PolicyRunner
+
+    num_envs = min(episodes, int(env_cfg.get("num_envs", 8)))
+    runner = PolicyRunner(bundle, backend, batch=num_envs)
+
+    def act(obs: dict, done: torch.Tensor | None) -> torch.Tensor:
+        if done is not None and bool(done.any()):
+            runner.reset(torch.nonzero(done).flatten().tolist())
+        out = runner.act({k: v.cpu().numpy() for k, v in obs.items()})
+        parts = list(out.values()) if isinstance(out, dict) else [out]
+        return torch.cat([torch.as_tensor(p).reshape(num_envs, -1).to(torch.float32) for p in parts], dim=1)
+
+    env_cfg = {**env_cfg, "num_envs": num_envs}
+    probe = make_env({**env_cfg, "num_envs": 1}, 0, torch.device("cpu"))
+    layout = action_layout(probe.action_space)
+    probe.close()
+    return run_episodes(act, layout, env_cfg, episodes, seed, torch.device("cpu"))
+
+
+def run_episodes(
+    act, layout, env_cfg: dict, episodes: int, seed: int, device: torch.device, max_steps: int = 1_000_000
+) -> EvalResult:
+    """Step fresh environments with ``act(obs, done_last_step)`` until ``episodes`` episodes finish."""
     num_envs = min(episodes, int(env_cfg.get("num_envs", 8)))
     env = make_env({**env_cfg, "num_envs": num_envs}, seed + EVAL_SEED_OFFSET, device)
     try:
-        model.eval()
         obs = env.reset(seed=seed + EVAL_SEED_OFFSET)
-        state = model.initial_state(num_envs, device)
         ep_return = torch.zeros(num_envs, device=device)
         ep_length = torch.zeros(num_envs, device=device)
         returns: list[float] = []
         lengths: list[int] = []
+        done = None
         for _ in range(max_steps):
-            actions, state = model.deterministic_actions(obs, state)
-            step = env.step(actions, model.layout)
+            step = env.step(act(obs, done), layout)
             ep_return += step.reward
             ep_length += 1 if step.valid is None else step.valid.to(ep_length.dtype)
             done = step.terminated | step.truncated
@@ -61,7 +99,6 @@ def evaluate(
                         lengths.append(int(ep_length[i]))
                 ep_return = ep_return * ~done
                 ep_length = ep_length * ~done
-                state = state * (~done).unsqueeze(-1).to(state.dtype)
             if len(returns) >= episodes:
                 break
             obs = step.obs
