@@ -120,9 +120,10 @@ def main() -> int:
     if not args.no_sb3:
         rows.append(("SB3 PPO, 8 gymnasium envs (rl-zoo)", sb3_sps()))
     if not args.no_gym:
-        for mode, n in (("sync", 8), ("sync", 64)):
+        for mode, n in (("sync", 8), ("sync", 64), ("vector_entry_point", 64), ("vector_entry_point", 256)):
             spec = {**base, "env": {"id": "CartPole-v1", "num_envs": n, "vectorization": mode}}
-            rows.append((f"sfspec, gymnasium {mode} vector env, {n} envs", measure_sps(spec, 3, args.device)))
+            label = "its own batched CartPole" if mode == "vector_entry_point" else f"{mode} vector env"
+            rows.append((f"sfspec, gymnasium {label}, {n} envs", measure_sps(spec, 3, args.device)))
     for n in args.envs:
         spec = {**base, "env": {**base["env"], "num_envs": n}}
         rows.append(

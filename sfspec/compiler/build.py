@@ -137,6 +137,13 @@ class Stack(nn.Module):
         x, new_state = self.core(self.encoder(obs), state)
         return self.decoder(x), new_state
 
+    def forward_sequence(self, obs: ObsDict, state: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Features (T*B, F) for flattened (T, B) observations; only the core steps through time."""
+        steps, batch = starts.shape
+        x = self.encoder(obs)  # encoder and decoder are feed-forward: one batched call each
+        y, _ = self.core.forward_sequence(x.reshape(steps, batch, -1), state, starts)
+        return self.decoder(y.reshape(steps * batch, -1))
+
 
 class CompiledActorCritic(ActorCritic):
     """The actor-critic a spec describes: one shared stack or an actor and a critic stack."""
@@ -169,6 +176,14 @@ class CompiledActorCritic(ActorCritic):
         out["action_params"] = self.action_parameterization(actor_x)
         out["new_rnn_states"] = torch.cat([actor_state, critic_state], dim=1)
         return out
+
+    def _sequence_outputs(self, normalized: ObsDict, state: torch.Tensor, starts: torch.Tensor):
+        """Recurrent models: run encoders and heads batched over all steps, loop only the cores."""
+        actor_x = self.actor_stack.forward_sequence(normalized, state[:, : self.actor_state_size], starts)
+        critic_x = actor_x
+        if self.critic_stack is not None:
+            critic_x = self.critic_stack.forward_sequence(normalized, state[:, self.actor_state_size :], starts)
+        return self.action_parameterization(actor_x), self.critic_linear(critic_x).squeeze(-1)
 
 
 def _sequential(modules: list) -> nn.Module:

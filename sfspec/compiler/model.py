@@ -189,17 +189,24 @@ class ActorCritic(nn.Module):
             out = self._run(flat, state.new_zeros(steps * batch, 0))
             params, values = out["action_params"], out["values"]
         else:
-            normalized = self.preprocessor(flat)
-            seq = {k: v.reshape(steps, batch, *v.shape[1:]) for k, v in normalized.items()}
-            params_list, values_list = [], []
-            for t in range(steps):
-                state = state * (1.0 - starts[t]).unsqueeze(-1)
-                out = self({k: v[t] for k, v in seq.items()}, state)
-                params_list.append(out["action_params"])
-                values_list.append(out["values"])
-                state = out["new_rnn_states"]
-            params, values = torch.cat(params_list), torch.cat(values_list)
+            params, values = self._sequence_outputs(self.preprocessor(flat), state, starts)
         dist = self.action_head.distribution(params, self._mask(flat))
         flat_actions = actions.reshape(steps * batch, -1)
         shape = (steps, batch)
         return dist.log_prob(flat_actions).reshape(shape), dist.entropy().reshape(shape), values.reshape(shape)
+
+    def _sequence_outputs(self, normalized: ObsDict, state: torch.Tensor, starts: torch.Tensor):
+        """(action params, values) over (T, B) steps flattened, resetting state at ``starts``.
+
+        This generic version steps the whole model; subclasses may batch what is feed-forward.
+        """
+        steps, batch = starts.shape
+        seq = {k: v.reshape(steps, batch, *v.shape[1:]) for k, v in normalized.items()}
+        params_list, values_list = [], []
+        for t in range(steps):
+            state = state * (1.0 - starts[t]).unsqueeze(-1)
+            out = self({k: v[t] for k, v in seq.items()}, state)
+            params_list.append(out["action_params"])
+            values_list.append(out["values"])
+            state = out["new_rnn_states"]
+        return torch.cat(params_list), torch.cat(values_list)

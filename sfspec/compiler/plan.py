@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sfspec.compiler.registry import COMPONENT_REGISTRIES, LAYERS
 from sfspec.compiler.shapes import ShapeError, build_layer, format_shape, infer_layer, parse_layer_item
 from sfspec.compiler.spaces import ActionLayout, ObsInput, SpaceError, action_layout, describe_space, observation_inputs
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
@@ -363,8 +362,3 @@ def _custom_component(
     setattr(result, section if section != "core" else "core_items", module if section != "core" else [(module, None)])
     result.rows.append(Row(f"{stack.name}.{section}", f"custom:{cfg['custom']}", (out_size,), module))
     return (out_size,)
-
-
-def registered_components() -> dict[str, list[str]]:
-    """Names of the registered layers and components (for messages and docs)."""
-    return {"layers": LAYERS.names(), **{k: r.names() for k, r in COMPONENT_REGISTRIES.items()}}

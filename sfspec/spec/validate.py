@@ -165,11 +165,7 @@ def _unknown_layer(name: str, schema: dict) -> str:
             kind = "a recurrent layer" if builder.recurrent else "a layer"
             return f"'{name}' is {kind}, allowed only in {where}"
         return f"'{name}' needs arguments: write '- {name}: {{{', '.join(builder.required)}: ...}}'"
-    return f"unknown layer '{name}'{did_you_mean(name, schema['enum'] + _all_layers())}"
-
-
-def _all_layers() -> list[str]:
-    return LAYERS.names()
+    return f"unknown layer '{name}'{did_you_mean(name, schema['enum'] + LAYERS.names())}"
 
 
 def _bad_enum(value: Any, schema: dict, path: tuple) -> str:
