@@ -117,6 +117,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         loaded = pipeline.load(args.spec, args.overrides)
         pipeline.check(loaded)
         run_dir, name = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec), Path(args.spec).stem
+        if (run_dir / "checkpoint.pt").exists():  # never overwrite a saved run
+            raise UsageError(
+                f"{run_dir} already holds a run: continue it with --resume {run_dir}, or give another --run-dir"
+            )
     else:
         raise UsageError("give a SPEC to train, or --resume RUN")
     result = train(loaded.data, run_dir, args.device, args.quiet, bool(args.resume), loaded.source_map, name)
@@ -161,7 +165,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         seed = spec.get("train", {}).get("seed", 0)
         result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
         if args.video:
-            result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
+            import gymnasium as gym
+
+            try:
+                result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
+            except gym.error.DependencyNotInstalled as exc:
+                raise UsageError(f"--video: {exc}") from None
     if args.json:
         print(json.dumps(result))
     else:

@@ -391,3 +391,25 @@ def test_vector_entry_point_training(cli, tmp_path):
     run = tmp_path / "run"
     assert cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
     assert metrics(run)[-1]["length_mean"] > 5
+
+
+def test_train_never_overwrites_a_saved_run(cli, tmp_path):
+    spec = {**CARTPOLE, "train": {**CARTPOLE["train"], "steps": 1024}}
+    path = write(tmp_path, spec)
+    run = tmp_path / "run"
+    assert cli("train", path, "--run-dir", str(run), "--quiet").code == 0
+    before = (run / "checkpoint.pt").read_bytes()
+    again = cli("train", path, "--run-dir", str(run), "--quiet")
+    assert again.code == 2 and "already holds a run" in again.err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_async_vector_env_training(cli, tmp_path):
+    spec = {
+        "env": {"id": "CartPole-v1", "num_envs": 2, "vectorization": "async", "kwargs": {"max_episode_steps": 20}},
+        "model": {},
+        "train": {"rollout": 32, "steps": 128, "log_interval": 1},
+    }
+    run = tmp_path / "run"
+    assert cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
+    assert metrics(run)[-1]["length_mean"] <= 20  # the time limit truncates, episodes are counted
