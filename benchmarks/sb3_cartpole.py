@@ -29,16 +29,35 @@ ROOT = HERE.parent
 BUDGET = 100_000
 
 
-def sb3_run(seed: int) -> dict:
-    """rl-zoo's ppo.yml CartPole-v1 entry: 8 envs, n_steps 32, batch 256, 20 epochs, lin 1e-3."""
-    import gymnasium as gym
+def zoo_ppo(env, seed: int):
+    """SB3 PPO with rl-zoo's ppo.yml CartPole-v1 settings."""
     from stable_baselines3 import PPO
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.env_util import make_vec_env
-    from stable_baselines3.common.evaluation import evaluate_policy
 
     def linear(v):
         return lambda progress: progress * v
+
+    return PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=linear(1e-3),
+        clip_range=linear(0.2),
+        seed=seed,
+        device="cpu",
+    )
+
+
+def sb3_run(seed: int) -> dict:
+    """rl-zoo's ppo.yml CartPole-v1 entry: 8 envs, n_steps 32, batch 256, 20 epochs, lin 1e-3."""
+    import gymnasium as gym
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
 
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     eval_env = gym.make("CartPole-v1")
@@ -57,20 +76,7 @@ def sb3_run(seed: int) -> dict:
         def _on_step(self) -> bool:
             return True
 
-    model = PPO(
-        "MlpPolicy",
-        env,
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        ent_coef=0.0,
-        learning_rate=linear(1e-3),
-        clip_range=linear(0.2),
-        seed=seed,
-        device="cpu",
-    )
+    model = zoo_ppo(env, seed)
     state["start"] = time.perf_counter()
     model.learn(total_timesteps=BUDGET, callback=SolveTimer())
     train_time = time.perf_counter() - state["start"] - state["paused"]

@@ -81,22 +81,11 @@ def solve_time(spec_path: str, overrides: list[str], device: str, seeds: list[in
 
 def sb3_sps(steps: int = 20_000) -> float:
     """Stable-Baselines3 PPO with its rl-zoo CartPole settings, steps per second."""
-    from stable_baselines3 import PPO
+    from sb3_cartpole import zoo_ppo
     from stable_baselines3.common.env_util import make_vec_env
 
     env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
-    model = PPO(
-        "MlpPolicy",
-        env,
-        n_steps=32,
-        batch_size=256,
-        gae_lambda=0.8,
-        gamma=0.98,
-        n_epochs=20,
-        learning_rate=1e-3,
-        seed=0,
-        device="cpu",
-    )
+    model = zoo_ppo(env, 0)
     model.learn(total_timesteps=2048)
     start = time.perf_counter()
     model.learn(total_timesteps=steps, reset_num_timesteps=False)

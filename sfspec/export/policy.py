@@ -34,7 +34,7 @@ class StateSlot:
         return self.layers * self.hidden
 
 
-def _core_slots(core: nn.Module, offset: int, prefix: str) -> list[tuple[str, int, int, int]]:
+def _core_slots(core: nn.Module, offset: int) -> list[tuple[str, int, int, int]]:
     """(kind, start, layers, hidden) per state tensor of one stack's core."""
     if isinstance(core, SpecCore):
         out = []
@@ -55,7 +55,7 @@ def state_slots(model: ActorCritic, with_value: bool) -> list[StateSlot]:
         stacks = [("", model.actor_stack, 0)]
         if with_value and model.critic_stack is not None:
             stacks.append(("critic_", model.critic_stack, model.actor_state_size))
-        raw = [(prefix, *slot) for prefix, stack, offset in stacks for slot in _core_slots(stack.core, offset, prefix)]
+        raw = [(prefix, *slot) for prefix, stack, offset in stacks for slot in _core_slots(stack.core, offset)]
     else:
         raw = [("", "h", 0, 1, model.state_size)] if model.state_size else []
     counts: dict[tuple[str, str], int] = {}
