@@ -315,3 +315,18 @@ def test_same_seed_same_model(write_spec):
     b = pipeline.compile_spec(pipeline.load(path))
     for (n1, p1), (_, p2) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(p1, p2), n1
+
+
+def test_compile_model_works_from_spaces_alone():
+    """The compiler's API needs no env and no prior import of the spec modules."""
+    import subprocess
+    import sys
+
+    code = (
+        "from gymnasium import spaces; from sfspec.compiler.build import compile_model; "
+        "m = compile_model({'env': {'id': 'x'}, 'model': {'encoder': [{'linear': 4}, 'tanh']}}, "
+        "spaces.Box(-1, 1, (3,)), spaces.Discrete(2)); print(m.actor_stack.out_size())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "4"

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from sfspec.compiler import layers as _builtin_layers  # noqa: F401 (registers the built-in layers)
 from sfspec.compiler.shapes import ShapeError, build_layer, format_shape, infer_layer, parse_layer_item
 from sfspec.compiler.spaces import ActionLayout, ObsInput, SpaceError, action_layout, describe_space, observation_inputs
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
