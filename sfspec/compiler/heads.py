@@ -45,6 +45,9 @@ class ActionHead(nn.Module):
         self.register_buffer("high", torch.tensor(high, dtype=torch.float32), persistent=False)
         offsets = [float(o) for p in layout.parts for o in (p.offset if p.discrete and p.offset else [0.0] * p.size)]
         self.register_buffer("offsets", torch.tensor(offsets, dtype=torch.float32), persistent=False)
+        self.has_offsets = any(offsets)
+        same = low and len(set(low)) == 1 and len(set(high)) == 1
+        self.uniform_bounds = (low[0], high[0]) if same else None
 
     def _param_size(self, part: ActionPart) -> int:
         if part.kind in ("categorical", "multi_categorical"):
@@ -63,12 +66,15 @@ class ActionHead(nn.Module):
 
     def to_env(self, actions: torch.Tensor) -> torch.Tensor:
         """Flat actions in the environment's units: bounds applied, discrete start offsets added."""
-        out = actions + self.offsets
+        # Each step here is skipped when it would do nothing: exported graphs stay as small as the policy.
+        out = actions + self.offsets if self.has_offsets else actions
         if self.low.numel() == 0 or self.bounds == "none":
             return out
         columns = self._gaussian_columns()
-        raw = actions[:, columns]
-        if self.bounds == "clip":
+        raw = actions if len(columns) == actions.shape[1] else actions[:, columns]
+        if self.bounds == "clip" and self.uniform_bounds is not None:  # one Clip op with scalar bounds
+            mapped = raw.clamp(*self.uniform_bounds)
+        elif self.bounds == "clip":
             mapped = torch.maximum(torch.minimum(raw, self.high), self.low)
         else:  # tanh: squash into (low, high)
             mapped = self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
@@ -150,7 +156,7 @@ class ActionDistribution:
                 out.append((p > 0).to(p.dtype))
             else:
                 out.append(torch.stack([lg.argmax(dim=1) for lg in _split(p, part.categories)], dim=1).to(p.dtype))
-        return torch.cat(out, dim=1)
+        return torch.cat(out, dim=1) if len(out) > 1 else out[0]
 
     def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
         """Log-probability (batch,) of flat actions, tanh squashing included."""

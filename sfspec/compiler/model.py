@@ -71,11 +71,14 @@ class ObsPreprocessor(nn.Module):
         info = self.inputs[key]
         if info.kind in ("discrete", "multi_discrete"):
             return self._encode_discrete(info, x)
-        x = x.to(torch.float32)
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
         if info.kind == "image" and info.channels_last:
             x = x.permute(0, 3, 1, 2)
         if info.scale is not None:
             x = x * info.scale
+        if tuple(x.shape[1:]) == info.shape:  # static: no reshape op in exported graphs
+            return x
         return x.reshape(x.shape[0], *info.shape)
 
     def _encode_discrete(self, info: ObsInput, x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +97,7 @@ class ObsPreprocessor(nn.Module):
             x = self._prepare(key, obs[key])
             rms = self.normalizer(key)
             if rms is not None:
-                x = ((x - rms.mean) / torch.sqrt(rms.var + self.epsilon)).clamp(-self.clip, self.clip)
+                x = ((x - rms.mean) * torch.rsqrt(rms.var + self.epsilon)).clamp(-self.clip, self.clip)
             out[key] = x
         return out
 

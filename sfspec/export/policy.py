@@ -135,10 +135,10 @@ class DeployPolicy(nn.Module):
         """One tensor per action part, shaped and typed like the space's samples (batched)."""
         out, start = [], 0
         for kind, size, shape in self.parts:
-            part = actions[:, start : start + size]
+            part = actions if size == actions.shape[1] else actions[:, start : start + size]
             start += size
             if kind == "gaussian":
-                out.append(part.reshape(batch, *shape))
+                out.append(part if shape == (size,) else part.reshape(batch, *shape))
             else:  # discrete values travel as floats inside the model; exact integers here
                 out.append(part.round().to(torch.int64).reshape(batch, *shape))
         return out
