@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT
 
 from sfspec import pipeline
 from sfspec.export.bundle import Artifact
@@ -141,3 +144,23 @@ def test_export_errors_are_clear(cli, write_spec, tmp_path):
     assert result.code == 2 and "unknown format 'tflite'" in result.err
     missing = cli("export", str(tmp_path / "no_run"))
     assert missing.code == 1 and "no checkpoint here" in missing.err
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler here")
+def test_cpp_libtorch_program_replays_the_golden_inputs(cli, write_spec, tmp_path):
+    """examples/cpp builds against the torch wheel's LibTorch and reproduces the bundle's outputs."""
+    binary = tmp_path / "replay_golden"
+    build = subprocess.run(
+        ["bash", str(ROOT / "examples" / "cpp" / "build.sh"), str(binary)], capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    spec = write_spec("env: {id: Pendulum-v1}\nmodel: {normalize_obs: true, core: [lstm: {hidden: 6, layers: 2}]}\n")
+    bundle = tmp_path / "bundle"
+    assert cli("export", spec, "--out", str(bundle), "--formats", "torchscript").code == 0
+    run = subprocess.run([str(binary), str(bundle)], capture_output=True, text=True)
+    assert run.returncode == 0 and run.stdout.startswith("outputs 3 ") and run.stdout.strip().endswith("ok"), run
+    golden = torch.load(bundle / "golden_io.pt", weights_only=True)
+    golden["batch/out/action"] = golden["batch/out/action"] + 0.01  # a wrong expectation must be caught
+    torch.save(golden, bundle / "golden_io.pt")
+    tampered = subprocess.run([str(binary), str(bundle)], capture_output=True, text=True)
+    assert tampered.returncode == 1 and "MISMATCH" in tampered.stdout

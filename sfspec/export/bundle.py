@@ -484,10 +484,16 @@ def export_bundle(
     buffer = io.BytesIO()
     np.savez(buffer, **golden)
     atomic_write(out_dir / "golden_io.npz", lambda f: f.write(buffer.getvalue()))
+    # The same data for C++ (LibTorch reads torch.save's format with torch::jit::pickle_load).
+    for_cpp = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in golden.items()}
+    for_cpp.update(input_names="\n".join(policy.input_names), output_names="\n".join(policy.output_names))
+    buffer = io.BytesIO()
+    torch.save(for_cpp, buffer)
+    atomic_write(out_dir / "golden_io.pt", lambda f: f.write(buffer.getvalue()))
     metadata["files"] = {fmt: FILES[fmt] for fmt in formats}
     metadata["parity_worst_abs_error"] = worst
     atomic_write_text(out_dir / "policy.json", json.dumps(metadata, indent=2) + "\n")
-    return ExportReport(out_dir, [p.name for p in written] + ["golden_io.npz", "policy.json"], worst)
+    return ExportReport(out_dir, [p.name for p in written] + ["golden_io.npz", "golden_io.pt", "policy.json"], worst)
 
 
 # ---------------------------------------------------------------- checking a bundle
