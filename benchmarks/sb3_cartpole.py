@@ -96,35 +96,20 @@ def sfspec_run(spec_file: str, seed: int) -> dict:
     from learning import main as learning_main
 
     before = (HERE / "results.jsonl").read_text().splitlines() if (HERE / "results.jsonl").exists() else []
-    learning_main(
-        [
-            spec_file,
-            "--seeds",
-            str(seed),
-            "--eval-env",
-            "CartPole-v1",
-            "--solve",
-            "500",
-            "--set",
-            f"train.steps={BUDGET}",
-            "--label",
-            "sb3 comparison",
-        ]
-    )
+    common = [
+        spec_file,
+        "--seeds",
+        str(seed),
+        "--eval-env",
+        "CartPole-v1",
+        "--set",
+        f"train.steps={BUDGET}",
+        "--label",
+        "sb3 comparison",
+    ]
+    learning_main([*common, "--solve", "500"])
     # the solve run stops early; train once more on the full budget for the final return
-    learning_main(
-        [
-            spec_file,
-            "--seeds",
-            str(seed),
-            "--eval-env",
-            "CartPole-v1",
-            "--set",
-            f"train.steps={BUDGET}",
-            "--label",
-            "sb3 comparison",
-        ]
-    )
+    learning_main(common)
     lines = (HERE / "results.jsonl").read_text().splitlines()[len(before) :]
     solve, full = (json.loads(line)["runs"][0] for line in lines)
     return {
