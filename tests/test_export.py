@@ -112,6 +112,49 @@ def test_recurrent_bundle_names_state_and_resets(cli, write_spec, tmp_path):
             assert np.all(np.abs(got) <= 2.0)  # already in Pendulum's bounds
 
 
+DEPLOY_MODELS = {
+    "lstm_2_layers_separate_critic": {"normalize_obs": True, "core": [{"lstm": {"hidden": 6, "layers": 2}}]},
+    "gru_between_linears_shared": {
+        "core": [{"linear": 8}, "tanh", {"gru": 5}, {"gru": {"hidden": 4, "layers": 2}}],
+        "share_weights": True,
+    },
+    "asymmetric_critic_memory_only": {"actor": {"core": []}, "critic": {"core": [{"gru": 7}]}},
+    "custom_core_flat_state": {"core": {"custom": "sf_core", "params": {"size": 9}}},
+}
+
+
+@pytest.mark.parametrize("name", list(DEPLOY_MODELS))
+def test_deploy_policy_computes_what_the_model_computes(name):
+    """Actions, next state and value of the exported module against the trained model, resets included."""
+    from gymnasium import spaces
+
+    from sfspec.compiler.build import compile_model
+    from sfspec.export.policy import DeployPolicy
+
+    torch.manual_seed(0)
+    obs_space, act_space = spaces.Box(-5.0, 5.0, (4,), np.float32), spaces.Box(-1.0, 1.0, (2,), np.float32)
+    model = compile_model({"model": DEPLOY_MODELS[name]}, obs_space, act_space)
+    model.preprocessor.update({"obs": torch.randn(100, 4) * 2.0 + 1.0})
+    policy = DeployPolicy(model, with_value=True).eval()
+    assert [s.start for s in policy.slots] == sorted(s.start for s in policy.slots)
+    state = model.initial_state(3)
+    named = [torch.zeros(3, s.layers, s.hidden) for s in policy.slots]
+    with torch.no_grad():
+        for t in range(5):
+            obs = torch.randn(3, 4) * 3.0
+            reset = torch.tensor([1.0, 0.0, 1.0 if t == 3 else 0.0])
+            state = state * (1.0 - reset).unsqueeze(-1)
+            expected, next_state = model.deterministic_actions({"obs": obs}, state)
+            value = model.values({"obs": obs}, state)
+            out = policy(obs, *named, reset) if policy.slots else policy(obs)
+            torch.testing.assert_close(out[0], expected)
+            torch.testing.assert_close(out[-1], value)
+            named = list(out[1:-1])
+            flat = torch.cat([n.reshape(3, -1) for n in named], 1) if named else next_state
+            torch.testing.assert_close(flat, next_state)
+            state = next_state
+
+
 def test_bundle_evaluates_in_the_environment_like_the_checkpoint(cli, write_spec, tmp_path):
     spec = write_spec(
         "env: {id: CartPole-v1, num_envs: 4}\nmodel: {encoder: [linear: 8, tanh]}\ntrain: {rollout: 32, steps: 1024}\n"

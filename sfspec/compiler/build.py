@@ -77,21 +77,53 @@ class SpecCore(ModelCore):
         return self._state_size
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        new_states = []
-        for layer, kind, (start, layers, hidden) in zip(self.layers, self.kinds, self.state_slices):
+        if not self._state_size:
+            return self.forward_layers(x, [])[0], state
+        x, states = self.forward_layers(x, self.unpack_state(state))
+        return x, self.pack_state(states)
+
+    def forward_sequence(
+        self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``ModelCore.forward_sequence``, unpacking the flat state once rather than every step."""
+        if not self._state_size:
+            steps, batch = x.shape[:2]
+            return self.forward_layers(x.reshape(steps * batch, -1), [])[0].reshape(steps, batch, -1), state
+        states, outputs = self.unpack_state(state), []
+        for t in range(x.shape[0]):
+            keep = (1.0 - starts[t]).reshape(1, -1, 1)
+            out, states = self.forward_layers(x[t], [s * keep for s in states])
+            outputs.append(out)
+        return torch.stack(outputs), self.pack_state(states)
+
+    def forward_layers(self, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One step on per-layer states in torch's (layers, batch, hidden) layout: h, then c for an LSTM."""
+        new_states: list[torch.Tensor] = []
+        for layer, kind in zip(self.layers, self.kinds):
             if kind == "ff":
                 x = layer(x)
                 continue
-            width = layers * hidden
+            i = len(new_states)
             if kind == "gru":
-                y, h = layer(x.unsqueeze(0), _unpack(state, start, layers, hidden))
-                new_states.append(_pack(h))
+                y, h = layer(x.unsqueeze(0), states[i])
+                new_states.append(h)
             else:
-                h0, c0 = _unpack(state, start, layers, hidden), _unpack(state, start + width, layers, hidden)
-                y, (h, c) = layer(x.unsqueeze(0), (h0, c0))
-                new_states += [_pack(h), _pack(c)]
+                y, (h, c) = layer(x.unsqueeze(0), (states[i], states[i + 1]))
+                new_states += [h, c]
             x = y.squeeze(0)
-        return x, torch.cat(new_states, dim=1) if new_states else state
+        return x, new_states
+
+    def unpack_state(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """The flat (B, S) state as ``forward_layers`` takes it."""
+        out = []
+        for kind, (start, layers, hidden) in zip(self.kinds, self.state_slices):
+            starts = {"ff": (), "gru": (start,), "lstm": (start, start + layers * hidden)}[kind]
+            out += [_unpack(state, s, layers, hidden) for s in starts]
+        return out
+
+    def pack_state(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """Per-layer states back to the flat (B, S) state."""
+        return torch.cat([_pack(h) for h in states], dim=1)
 
 
 def _unpack(state: torch.Tensor, start: int, layers: int, hidden: int) -> torch.Tensor:

@@ -215,6 +215,7 @@ class Artifact:
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            self.feed_order = [input_names.index(i.name) for i in self.session.get_inputs()]
         elif kind == "torchscript":
             self.module = torch.jit.load(str(path))
         else:
@@ -222,9 +223,7 @@ class Artifact:
 
     def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if self.kind == "onnx":
-            feed = {name: value for name, value in zip(self.input_names, inputs)}
-            names = [i.name for i in self.session.get_inputs()]
-            return self.session.run(None, {n: feed[n] for n in names})
+            return self.session.run(None, {self.input_names[i]: inputs[i] for i in self.feed_order})
         with torch.no_grad():
             out = self.module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
         out = out if isinstance(out, (tuple, list)) else (out,)

@@ -85,6 +85,13 @@ class DeployPolicy(nn.Module):
         self.state_size = model.actor_state_size if self.actor_only else model.state_size
         self.head = model.action_head
         self.parts = [(p.kind, p.size, tuple(p.space.shape)) for p in model.layout.parts]
+        # Spec-built cores run on the named states directly; custom cores get the flat state.
+        stacks = [getattr(model, "actor_stack", None), getattr(model, "critic_stack", None)]
+        self.direct = isinstance(model, CompiledActorCritic) and all(
+            isinstance(s.core, SpecCore) for s in stacks if s is not None
+        )
+        actor_width = getattr(model, "actor_state_size", 0)
+        self.actor_slot_indices = [i for i, s in enumerate(self.slots) if s.start < actor_width]
 
     @property
     def input_names(self) -> list[str]:
@@ -106,30 +113,58 @@ class DeployPolicy(nn.Module):
         n_obs = len(self.obs_keys)
         obs = {k: inputs[i] for i, k in enumerate(self.obs_keys)}
         batch = inputs[0].shape[0]
-        flat = self._flat_state(inputs[n_obs:], batch, inputs[0])
+        states = self._reset_states(inputs[n_obs:], batch)
         normalized = self.model.preprocessor(obs)
-        if self.actor_only:
-            x, new_state = self.model.actor_stack(normalized, flat)
-            params = self.model.action_parameterization(x)
-            value = None
+        if self.direct:
+            params, new_states, value = self._direct(normalized, states)
         else:
-            out = self.model(normalized, flat)
-            params, new_state, value = out["action_params"], out["new_rnn_states"], out["values"]
+            params, new_states, value = self._through_flat_state(normalized, states, batch, inputs[0])
         mask = self.model._mask(obs)
         env_actions = self.head.to_env(self.head.distribution(params, mask).mode())
-        outputs = self._split_actions(env_actions, batch)
-        for slot in self.slots:
-            outputs.append(new_state[:, slot.start : slot.start + slot.width].reshape(batch, slot.layers, slot.hidden))
+        outputs = self._split_actions(env_actions, batch) + new_states
         if self.with_value:
             outputs.append(value)
         return tuple(outputs)
 
-    def _flat_state(self, state_inputs: tuple, batch: int, like: torch.Tensor) -> torch.Tensor:
+    def _reset_states(self, state_inputs: tuple, batch: int) -> list[torch.Tensor]:
+        """The (batch, layers, hidden) state inputs with the rows flagged by ``reset`` zeroed."""
         if not self.slots:
-            return torch.zeros(batch, 0, device=like.device)
-        reset = state_inputs[-1].reshape(batch, 1).to(torch.float32)
-        pieces = [s.reshape(batch, -1) for s in state_inputs[:-1]]
-        return torch.cat(pieces, dim=1) * (1.0 - reset)  # slots are in the flat state's order
+            return []
+        keep = 1.0 - state_inputs[-1].to(torch.float32).reshape(batch, 1, 1)
+        return [s * keep for s in state_inputs[:-1]]
+
+    def _direct(self, normalized: dict, states: list[torch.Tensor]) -> tuple:
+        """A compiled model run stack by stack on the named states: no flat-state round trip in the graph."""
+        model = self.model
+        n_actor = len(self.actor_slot_indices)
+        x, new_states = self._run_stack(model.actor_stack, normalized, states[:n_actor])
+        params, value = model.action_parameterization(x), None
+        if self.with_value and model.critic_stack is None:
+            value = model.critic_linear(x).squeeze(-1)
+        elif self.with_value:
+            critic_x, critic_states = self._run_stack(model.critic_stack, normalized, states[n_actor:])
+            value = model.critic_linear(critic_x).squeeze(-1)
+            new_states += critic_states
+        return params, new_states, value
+
+    @staticmethod
+    def _run_stack(stack: nn.Module, normalized: dict, states: list[torch.Tensor]) -> tuple:
+        x = stack.encoder(normalized)
+        torch_layout = [s.transpose(0, 1).contiguous() for s in states]  # torch's (layers, batch, hidden)
+        x, new_states = stack.core.forward_layers(x, torch_layout)
+        return stack.decoder(x), [h.transpose(0, 1) for h in new_states]
+
+    def _through_flat_state(self, normalized: dict, states: list, batch: int, like: torch.Tensor) -> tuple:
+        """Any other model: its cores take and return the flat (B, S) state."""
+        flat = torch.cat([s.reshape(batch, -1) for s in states], dim=1) if states else like.new_zeros(batch, 0)
+        if self.actor_only:
+            x, new_flat = self.model.actor_stack(normalized, flat)
+            params, value = self.model.action_parameterization(x), None
+        else:
+            out = self.model(normalized, flat)
+            params, new_flat, value = out["action_params"], out["new_rnn_states"], out["values"]
+        new_states = [new_flat[:, s.start : s.start + s.width].reshape(batch, s.layers, s.hidden) for s in self.slots]
+        return params, new_states, value
 
     def _split_actions(self, actions: torch.Tensor, batch: int) -> list[torch.Tensor]:
         """One tensor per action part, shaped and typed like the space's samples (batched)."""
