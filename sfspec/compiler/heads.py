@@ -108,6 +108,7 @@ class ActionDistribution:
 
     def __init__(self, head: ActionHead, params: torch.Tensor, mask: torch.Tensor | None):
         self.head = head
+        self._log_softmax_cache: dict[int, list[torch.Tensor]] = {}
         self.parts: list[tuple[ActionPart, torch.Tensor, torch.Tensor | None]] = []
         p_start, m_start, g_start = 0, 0, 0
         for part, size in zip(head.layout.parts, head.param_sizes):
@@ -162,7 +163,7 @@ class ActionDistribution:
         """Log-probability (batch,) of flat actions, tanh squashing included."""
         total = torch.zeros(actions.shape[0], device=actions.device, dtype=actions.dtype)
         g_start = 0
-        for part, p, extra, a in self._columns(actions):
+        for index, (part, p, extra, a) in enumerate(self._columns(actions)):
             if part.kind == "gaussian":
                 z = (a - p) / extra.exp()
                 total = total + (-0.5 * z * z - extra - _LOG_SQRT_2PI).sum(dim=1)
@@ -173,25 +174,30 @@ class ActionDistribution:
             elif part.kind == "bernoulli":
                 total = total - F.binary_cross_entropy_with_logits(p, a, reduction="none").sum(dim=1)
             else:
-                for i, lg in enumerate(_split(p, part.categories)):
-                    logp = F.log_softmax(lg, dim=1)
+                for i, logp in enumerate(self._log_softmax(index)):
                     total = total + logp.gather(1, a[:, i : i + 1].long()).squeeze(1)
         return total
 
     def entropy(self) -> torch.Tensor:
         """Entropy (batch,); for tanh-squashed Gaussians, that of the Gaussian before squashing."""
         total = 0.0
-        for part, p, extra in self.parts:
+        for index, (part, p, extra) in enumerate(self.parts):
             if part.kind == "gaussian":
                 total = total + (0.5 + _LOG_SQRT_2PI + extra).sum(dim=1)
             elif part.kind == "bernoulli":
                 prob = torch.sigmoid(p)
                 total = total + F.binary_cross_entropy_with_logits(p, prob, reduction="none").sum(dim=1)
             else:
-                for lg in _split(p, part.categories):
-                    logp = F.log_softmax(lg, dim=1)
+                for logp in self._log_softmax(index):
                     total = total - (logp.exp() * logp).sum(dim=1)
         return total
+
+    def _log_softmax(self, index: int) -> list[torch.Tensor]:
+        """Log-probabilities of part ``index``'s categoricals, computed once for log_prob and entropy."""
+        if index not in self._log_softmax_cache:
+            part, logits, _ = self.parts[index]
+            self._log_softmax_cache[index] = [F.log_softmax(lg, dim=1) for lg in _split(logits, part.categories)]
+        return self._log_softmax_cache[index]
 
 
 def _split(logits: torch.Tensor, sizes: tuple) -> tuple[torch.Tensor, ...]:
