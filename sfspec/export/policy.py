@@ -82,7 +82,6 @@ class DeployPolicy(nn.Module):
         self.slots = state_slots(model, with_value)
         # A compiled model without the value need not run (or carry state for) the critic.
         self.actor_only = isinstance(model, CompiledActorCritic) and model.critic_stack is not None and not with_value
-        self.state_size = model.actor_state_size if self.actor_only else model.state_size
         self.head = model.action_head
         self.parts = [(p.kind, p.size, tuple(p.space.shape)) for p in model.layout.parts]
         # Spec-built cores run on the named states directly; custom cores get the flat state.
@@ -91,7 +90,7 @@ class DeployPolicy(nn.Module):
             isinstance(s.core, SpecCore) for s in stacks if s is not None
         )
         actor_width = getattr(model, "actor_state_size", 0)
-        self.actor_slot_indices = [i for i, s in enumerate(self.slots) if s.start < actor_width]
+        self.actor_slot_count = sum(s.start < actor_width for s in self.slots)
 
     @property
     def input_names(self) -> list[str]:
@@ -136,7 +135,7 @@ class DeployPolicy(nn.Module):
     def _direct(self, normalized: dict, states: list[torch.Tensor]) -> tuple:
         """A compiled model run stack by stack on the named states: no flat-state round trip in the graph."""
         model = self.model
-        n_actor = len(self.actor_slot_indices)
+        n_actor = self.actor_slot_count
         x, new_states = self._run_stack(model.actor_stack, normalized, states[:n_actor])
         params, value = model.action_parameterization(x), None
         if self.with_value and model.critic_stack is None:
