@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from sfspec import pipeline
-from sfspec.runtime.checkpoint import load_checkpoint
 from sfspec.runtime.evaluate import evaluate
-from sfspec.runtime.train import build_for_spec, train
-from sfspec.runtime.vec_env import make_env
+from sfspec.runtime.train import train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from learning import load_trained
 
 SPEC = Path(__file__).resolve().parent.parent / "specs" / "cartpole_fast.yaml"
 CPU = torch.device("cpu")
@@ -48,10 +49,7 @@ def run(spec: dict, seed: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         train(spec, Path(tmp) / "run", "cpu", quiet=True, on_log=check)
         last = json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-        env = make_env({**spec["env"], "num_envs": 1}, 0, CPU)
-        model = build_for_spec(spec, env, CPU)
-        env.close()
-        model.load_state_dict(load_checkpoint(Path(tmp) / "run")["model"])
+        model = load_trained(spec, spec["env"], Path(tmp) / "run", CPU)
     final = evaluate(model, {**spec["env"], "num_envs": 20}, 20, 2000 + seed, CPU).summary()["return_mean"]
     return {
         "final": round(final, 1),

@@ -24,10 +24,21 @@ from pathlib import Path
 import torch
 
 from sfspec import pipeline
+from sfspec.runtime.checkpoint import load_checkpoint
 from sfspec.runtime.evaluate import evaluate
-from sfspec.runtime.train import resolve_device, train
+from sfspec.runtime.train import build_for_spec, resolve_device, train
+from sfspec.runtime.vec_env import make_env
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+
+
+def load_trained(spec: dict, env_cfg: dict, run_dir: Path, device: torch.device):
+    """The model of a finished run, built for ``env_cfg``'s spaces, with its checkpoint's weights."""
+    probe = make_env({**env_cfg, "num_envs": 1}, 0, device)
+    model = build_for_spec(spec, probe, device)
+    probe.close()
+    model.load_state_dict(load_checkpoint(run_dir)["model"])
+    return model
 
 
 def run_seed(spec: dict, seed: int, args: argparse.Namespace) -> dict:
@@ -52,14 +63,7 @@ def run_seed(spec: dict, seed: int, args: argparse.Namespace) -> dict:
         result = train(spec, Path(tmp) / "run", args.device, quiet=True, on_log=check if args.solve else None)
         wall = time.perf_counter() - start
         metrics = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-        from sfspec.runtime.checkpoint import load_checkpoint
-        from sfspec.runtime.train import build_for_spec
-        from sfspec.runtime.vec_env import make_env
-
-        probe = make_env({**eval_env, "num_envs": 1}, 0, device)
-        model = build_for_spec(spec, probe, device)
-        probe.close()
-        model.load_state_dict(load_checkpoint(Path(tmp) / "run")["model"])
+        model = load_trained(spec, eval_env, Path(tmp) / "run", device)
     score = evaluate(model, eval_env, args.episodes, seed, device).summary()
     return {
         "seed": seed,
