@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -207,3 +208,45 @@ def test_cpp_libtorch_program_replays_the_golden_inputs(cli, write_spec, tmp_pat
     torch.save(golden, bundle / "golden_io.pt")
     tampered = subprocess.run([str(binary), str(bundle)], capture_output=True, text=True)
     assert tampered.returncode == 1 and "MISMATCH" in tampered.stdout
+
+
+class _ActionsOf(torch.nn.Module):
+    """The model's public deterministic_actions as a traceable forward(*observations, state)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.keys = model, list(model.inputs)
+
+    def forward(self, *inputs):
+        return self.model.deterministic_actions(dict(zip(self.keys, inputs[:-1])), inputs[-1])
+
+
+TRACED_MODELS = {
+    "tuple_obs_with_discrete_offsets_and_a_hybrid_action": ("SpaceTest/Mixed-v0", {"encoder": [{"linear": 8}]}),
+    "channels_last_image_and_tanh_bounds": (
+        "SpaceTest/Dict-v0",
+        {"encoder": {"inputs": {"camera": ["flatten", {"linear": 8}]}}, "action": {"bounds": "tanh"}},
+    ),
+    "box_action_with_uniform_clip_bounds": ("Pendulum-v1", {"normalize_obs": True}),
+}
+
+
+@pytest.mark.parametrize("name", list(TRACED_MODELS))
+def test_tracing_the_compiled_model_raises_no_tracer_warning(name):
+    """Preprocessing, input checks and to_env decide from build-time facts, not from traced tensor shapes."""
+    import gymnasium as gym
+
+    from sfspec.compiler.build import compile_model
+
+    env_id, model_spec = TRACED_MODELS[name]
+    env = gym.make(env_id)
+    model = compile_model({"model": model_spec}, env.observation_space, env.action_space).eval()
+    obs = [
+        torch.as_tensor(np.stack([info.space.sample() for _ in range(3)])) for info in model.inputs.values()
+    ]
+    example = (*obs, model.initial_state(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit's own deprecation notice
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(_ActionsOf(model), example, check_trace=False)
+    torch.testing.assert_close(traced(*example), _ActionsOf(model)(*example))

@@ -48,6 +48,9 @@ class ActionHead(nn.Module):
         self.has_offsets = any(offsets)
         same = low and len(set(low)) == 1 and len(set(high)) == 1
         self.uniform_bounds = (low[0], high[0]) if same else None
+        # Python facts fixed at build time, so to_env reads no tensor shape (traces stay warning-free).
+        self.gaussian_columns = _gaussian_columns(layout)
+        self.only_gaussian = len(self.gaussian_columns) == layout.size
 
     def _param_size(self, part: ActionPart) -> int:
         if part.kind in ("categorical", "multi_categorical"):
@@ -68,33 +71,33 @@ class ActionHead(nn.Module):
         """Flat actions in the environment's units: bounds applied, discrete start offsets added."""
         # Each step here is skipped when it would do nothing: exported graphs stay as small as the policy.
         out = actions + self.offsets if self.has_offsets else actions
-        if self.low.numel() == 0 or self.bounds == "none":
+        columns = self.gaussian_columns
+        if not columns or self.bounds == "none":
             return out
-        columns = self._gaussian_columns()
-        raw = actions if len(columns) == actions.shape[1] else actions[:, columns]
+        raw = actions if self.only_gaussian else actions[:, columns]
         if self.bounds == "clip" and self.uniform_bounds is not None:  # one Clip op with scalar bounds
             mapped = raw.clamp(*self.uniform_bounds)
         elif self.bounds == "clip":
             mapped = torch.maximum(torch.minimum(raw, self.high), self.low)
         else:  # tanh: squash into (low, high)
             mapped = self.low + (torch.tanh(raw) + 1.0) * 0.5 * (self.high - self.low)
-        return _put_columns(out, columns, mapped)
-
-    def _gaussian_columns(self) -> list[int]:
-        columns, start = [], 0
-        for part in self.layout.parts:
-            if part.kind == "gaussian":
-                columns += list(range(start, start + part.size))
-            start += part.size
-        return columns
+        return mapped if self.only_gaussian else _put_columns(out, columns, mapped, self.layout.size)
 
 
-def _put_columns(base: torch.Tensor, columns: list[int], values: torch.Tensor) -> torch.Tensor:
-    """``base`` with ``columns`` replaced by ``values`` (export-friendly: no in-place writes)."""
-    if columns == list(range(base.shape[1])):
-        return values
+def _gaussian_columns(layout: ActionLayout) -> list[int]:
+    """The flat-action columns that belong to Gaussian (Box) parts."""
+    columns, start = [], 0
+    for part in layout.parts:
+        if part.kind == "gaussian":
+            columns += list(range(start, start + part.size))
+        start += part.size
+    return columns
+
+
+def _put_columns(base: torch.Tensor, columns: list[int], values: torch.Tensor, width: int) -> torch.Tensor:
+    """``base`` (batch, width) with ``columns`` replaced by ``values`` (export-friendly: no in-place writes)."""
     pieces, j = [], 0
-    for c in range(base.shape[1]):
+    for c in range(width):
         if j < len(columns) and columns[j] == c:
             pieces.append(values[:, j : j + 1])
             j += 1

@@ -7,7 +7,9 @@ inside, so a saved or exported model needs nothing beside it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +56,13 @@ class ObsPreprocessor(nn.Module):
         self.normalize_keys = list(normalize_keys)
         # ModuleDict keys may not contain '.', and input names may (nested Dict spaces)
         self.normalizers = nn.ModuleList(RunningMeanStd(inputs[k].shape) for k in self.normalize_keys)
+        # Decided here, not from tensor shapes at call time: traced and exported graphs then hold
+        # no shape-dependent Python branches (and no reshape where the layout already fits).
+        self.reshape_keys = {k for k, info in inputs.items() if _arrives_as(info) != info.shape}
+        self.offset_buffers: dict[str, str] = {}
+        for i, (key, info) in enumerate((k, v) for k, v in inputs.items() if any(v.offset)):
+            self.offset_buffers[key] = f"offset_{i}"  # a constant of the model, moved with it by .to(device)
+            self.register_buffer(f"offset_{i}", torch.tensor(info.offset, dtype=torch.long), persistent=False)
 
     def normalizer(self, key: str) -> RunningMeanStd | None:
         """The running statistics of one input, if it is normalised."""
@@ -70,19 +79,21 @@ class ObsPreprocessor(nn.Module):
     def _prepare(self, key: str, x: torch.Tensor) -> torch.Tensor:
         info = self.inputs[key]
         if info.kind in ("discrete", "multi_discrete"):
-            return self._encode_discrete(info, x)
+            return self._encode_discrete(key, info, x)
         if x.dtype != torch.float32:
             x = x.to(torch.float32)
         if info.kind == "image" and info.channels_last:
             x = x.permute(0, 3, 1, 2)
         if info.scale is not None:
             x = x * info.scale
-        if tuple(x.shape[1:]) == info.shape:  # static: no reshape op in exported graphs
+        if key not in self.reshape_keys:
             return x
         return x.reshape(x.shape[0], *info.shape)
 
-    def _encode_discrete(self, info: ObsInput, x: torch.Tensor) -> torch.Tensor:
-        codes = x.reshape(x.shape[0], -1).long() - torch.tensor(info.offset, device=x.device)
+    def _encode_discrete(self, key: str, info: ObsInput, x: torch.Tensor) -> torch.Tensor:
+        codes = x.reshape(x.shape[0], -1).long()
+        if key in self.offset_buffers:
+            codes = codes - getattr(self, self.offset_buffers[key])
         if info.encoding == "index":
             return codes.to(torch.float32)
         parts = [F.one_hot(codes[:, i].clamp(0, n - 1), n) for i, n in enumerate(info.categories)]
@@ -101,6 +112,75 @@ class ObsPreprocessor(nn.Module):
             out[key] = x
         return out
 
+
+def _arrives_as(info: ObsInput) -> tuple:
+    """The shape of one row of ``info`` after dtype, layout and scale, before any reshape."""
+    raw = tuple(info.raw_shape)
+    if info.kind == "image" and info.channels_last:
+        return (raw[2], raw[0], raw[1])
+    return raw
+
+
+# ----------------------------------------------------------------------------- input checks
+# The public entry points run in the training loop: these compare Python shape tuples only (no
+# tensor data is read, so no host synchronisation) and turn a deep torch error into one that names
+# the input with the expected and actual shape.
+
+
+def _shape_text(dims: tuple) -> str:
+    """A shape as users read it: ``(B, 6)``, ``(B,)``."""
+    return f"({dims[0]},)" if len(dims) == 1 else "(" + ", ".join(str(d) for d in dims) + ")"
+
+
+def _lead_text(names: tuple[str, ...], lead: tuple[int, ...], source: str) -> str:
+    return ", ".join(f"{n} = {v}" for n, v in zip(names, lead)) + f" as in {source}"
+
+
+def check_observations(
+    inputs: dict[str, ObsInput], obs: Any, lead: tuple[int, ...], names: tuple[str, ...], source: str
+) -> None:
+    """Raise ValueError unless every model input is in ``obs`` as a tensor shaped (*lead, *raw shape)."""
+    takes = ", ".join(sorted(inputs))
+    if not isinstance(obs, Mapping):
+        got = type(obs).__name__
+        raise ValueError(f"observations must be a dict of tensors keyed by input name ({takes}); got {got}")
+    n = len(lead)
+    for key, info in inputs.items():
+        x = obs.get(key)
+        if x is None:
+            raise ValueError(f"observation '{key}' is missing; the model takes: {takes}")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"observation '{key}': expected a torch.Tensor, got {type(x).__name__}")
+        shape, raw = tuple(x.shape), tuple(info.raw_shape)
+        row_ok = shape[n:] == raw or (not raw and shape[n:] == (1,))  # a scalar space may come as (B, 1)
+        if row_ok and shape[:n] == lead:
+            continue
+        where = "" if not row_ok else f" with {_lead_text(names, lead, source)}"
+        raise ValueError(f"observation '{key}': expected shape {_shape_text(names + raw)}{where}, got {shape}")
+
+
+def check_state(state: Any, width: int, batch: int | None = None, source: str = "") -> int:
+    """Raise ValueError unless ``state`` is a (B, width) tensor (B = ``batch`` when given); returns B."""
+    expected = f"(B, {width}), as model.initial_state(B) makes it"
+    if not isinstance(state, torch.Tensor):
+        raise ValueError(f"state: expected a tensor of shape {expected}; got {type(state).__name__}")
+    shape = tuple(state.shape)
+    if len(shape) != 2 or shape[1] != width:
+        raise ValueError(f"state: expected shape {expected}; got {shape}")
+    if batch is not None and shape[0] != batch:
+        raise ValueError(f"state: expected shape (B, {width}) with B = {batch} as in {source}; got {shape}")
+    return shape[0]
+
+
+def check_actions(actions: Any, lead: tuple[int, ...], names: tuple[str, ...], width: int, source: str) -> None:
+    """Raise ValueError unless ``actions`` are flat actions shaped (*lead, width) ((*lead,) if width is 1)."""
+    expected = _shape_text((*names, width))
+    if not isinstance(actions, torch.Tensor):
+        raise ValueError(f"actions: expected a tensor of shape {expected}; got {type(actions).__name__}")
+    shape = tuple(actions.shape)
+    if shape != (*lead, width) and not (width == 1 and shape == lead):
+        where = _lead_text(names, lead, source)
+        raise ValueError(f"actions: expected shape {expected} with {where}; got {shape}")
 
 @dataclass
 class ActResult:
@@ -156,11 +236,31 @@ class ActorCritic(nn.Module):
         mask = obs[self.mask_key]
         return mask.reshape(mask.shape[0], -1).to(torch.float32)
 
+    def _checked(self, obs: ObsDict, state: torch.Tensor) -> None:
+        """Clear errors for wrong inputs to a one-step entry point (shape comparisons only)."""
+        if torch.jit.is_tracing():  # traced shapes are tensors: comparing them would bake in constants
+            return
+        batch = check_state(state, self.state_size)
+        check_observations(self.inputs, obs, (batch,), ("B",), "the state")
+
+    def _checked_sequence(self, obs: ObsDict, state: torch.Tensor, starts: torch.Tensor, actions: torch.Tensor) -> None:
+        """Clear errors for wrong (T, B) inputs to ``evaluate`` (shape comparisons only)."""
+        if torch.jit.is_tracing():
+            return
+        if not isinstance(starts, torch.Tensor) or starts.dim() != 2:
+            got = tuple(starts.shape) if isinstance(starts, torch.Tensor) else type(starts).__name__
+            raise ValueError(f"starts: expected shape (T, B) (1.0 where an episode begins); got {got}")
+        lead = tuple(starts.shape)
+        check_state(state, self.state_size, lead[1], "starts")
+        check_observations(self.inputs, obs, lead, ("T", "B"), "starts")
+        check_actions(actions, lead, ("T", "B"), self.layout.size, "starts")
+
     def _run(self, obs: ObsDict, state: torch.Tensor, values_only: bool = False) -> dict:
         return self(self.preprocessor(obs), state, values_only=values_only)
 
     def act(self, obs: ObsDict, state: torch.Tensor, deterministic: bool = False) -> ActResult:
         """Sample (or pick the most likely) actions, with log-probs, values and the next state."""
+        self._checked(obs, state)
         out = self._run(obs, state)
         dist = self.action_head.distribution(out["action_params"], self._mask(obs))
         actions = dist.mode() if deterministic else dist.sample()
@@ -168,16 +268,21 @@ class ActorCritic(nn.Module):
 
     def deterministic_actions(self, obs: ObsDict, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Most likely actions in the environment's units, and the next state."""
+        self._checked(obs, state)
         out = self._run(obs, state)
         dist = self.action_head.distribution(out["action_params"], self._mask(obs))
         return self.action_head.to_env(dist.mode()), out["new_rnn_states"]
 
     def values(self, obs: ObsDict, state: torch.Tensor) -> torch.Tensor:
         """State values (batch,)."""
+        self._checked(obs, state)
         return self._run(obs, state, values_only=True)["values"]
 
     def to_env(self, actions: torch.Tensor) -> torch.Tensor:
         """Flat sampled actions in the environment's units (bounds and discrete offsets applied)."""
+        if not torch.jit.is_tracing():
+            batch = tuple(actions.shape[:1]) if isinstance(actions, torch.Tensor) else ()
+            check_actions(actions, batch, ("B",), self.layout.size, "the actions")
         return self.action_head.to_env(actions)
 
     def evaluate(self, obs: ObsDict, state: torch.Tensor, starts: torch.Tensor, actions: torch.Tensor):
@@ -186,6 +291,7 @@ class ActorCritic(nn.Module):
         ``state`` is the state before the first step; it is zeroed where ``starts`` marks a new
         episode (truncated backpropagation through time).
         """
+        self._checked_sequence(obs, state, starts, actions)
         steps, batch = starts.shape
         flat = {k: v.reshape(steps * batch, *v.shape[2:]) for k, v in obs.items()}
         if self.state_size == 0:
