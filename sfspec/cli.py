@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from sfspec import __version__
 from sfspec.errors import SpecError, SpecIssue
@@ -87,96 +90,190 @@ def cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_run_spec(run: str, overrides: list[str]):
-    """The spec a run was trained with (its checkpoint's copy), with overrides, validated again."""
+# What --set may change when resuming: everything else is part of what the checkpoint was trained as.
+RESUMABLE = (("train", "steps"), ("train", "log_interval"), ("train", "checkpoint_interval"), ("train", "device"))
+
+
+def _stored_spec(data: Any, where: str, overrides: list[str]):
+    """A spec stored in a run or a bundle, with overrides, validated like a spec file (plugin rule included)."""
+    import copy
+
+    from sfspec import pipeline
     from sfspec.errors import Location
-    from sfspec.runtime.checkpoint import load_checkpoint
     from sfspec.spec.loader import LoadedSpec, SourceMap, apply_overrides
     from sfspec.spec.validate import validate_spec
 
-    checkpoint = load_checkpoint(run)
-    smap = SourceMap(values={(): Location(f"{run} (the run's spec)")})
-    loaded = apply_overrides(LoadedSpec(checkpoint["spec"], smap, run), overrides)
+    smap = SourceMap(values={(): Location(where)})
+    loaded = apply_overrides(LoadedSpec(copy.deepcopy(data), smap, where), overrides)
     validate_spec(loaded)
-    return loaded, checkpoint
+    pipeline.check(loaded)  # the env id too: a stored 'module:Env' id must not import its module
+    return loaded
+
+
+def _load_run_spec(run: str, overrides: list[str]):
+    """The spec a run was trained with (its checkpoint's copy), with overrides, validated again."""
+    from sfspec.runtime.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(run)
+    return _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides), checkpoint
+
+
+def _changed_paths(before: Any, after: Any, path: tuple = ()) -> list[tuple]:
+    """Paths of the leaves that differ between two spec trees."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = dict.fromkeys([*before, *after])
+        return [p for k in keys for p in _changed_paths(before.get(k, _MISSING), after.get(k, _MISSING), (*path, k))]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [p for i, (b, a) in enumerate(zip(before, after)) for p in _changed_paths(b, a, (*path, i))]
+    return [] if before == after else [path]
+
+
+_MISSING = object()
+
+
+def _refuse_unresumable_overrides(saved: dict, loaded) -> None:
+    """--set on resume may extend or re-schedule a run, never change what it was trained as."""
+    from sfspec.errors import SpecIssue, format_path
+
+    issues = []
+    for path in _changed_paths(saved, loaded.data):
+        if not any(path[: len(allowed)] == allowed for allowed in RESUMABLE):
+            shown = ", ".join(format_path(a) for a in RESUMABLE)
+            message = (
+                f"cannot change {format_path(path)} when resuming: the run was trained with it "
+                f"(resumable: {shown})"
+            )
+            issues.append(SpecIssue(loaded.source_map.locate(path), path, message))
+    if issues:
+        raise SpecError(issues)
+
+
+def _resume_spec(run: Path, overrides: list[str]):
+    """The spec to continue a run with, and whether the run already finished."""
+    from sfspec import pipeline
+    from sfspec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from sfspec.runtime.config import TrainConfig
+
+    if not (run / CHECKPOINT_NAME).exists():
+        if not (run / "spec.yaml").is_file():
+            raise UsageError(f"{run}: no run here (neither {CHECKPOINT_NAME} nor spec.yaml)")
+        print(f"sfspec: {run} was stopped before its first checkpoint; starting it again from step 0", file=sys.stderr)
+        loaded = pipeline.load(run / "spec.yaml", overrides)
+        pipeline.check(loaded)
+        return loaded, False
+    checkpoint = load_checkpoint(run)
+    loaded = _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides)
+    _refuse_unresumable_overrides(checkpoint["spec"], loaded)
+    steps, budget = checkpoint["global_step"], TrainConfig.from_spec(loaded.data).steps
+    finished = bool(checkpoint.get("finished")) and steps >= budget
+    if finished:
+        print(
+            f"{run} already finished at step {steps:,} (train.steps: {budget:,}); "
+            f"to train longer: sfspec train --resume {shlex.quote(str(run))} --set train.steps={2 * steps}"
+        )
+    return loaded, finished
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a spec with PPO."""
-    from pathlib import Path
-
     from sfspec import pipeline
     from sfspec.runtime.train import default_run_dir, train
 
+    spec_path = None
     if args.resume:
-        loaded, _ = _load_run_spec(args.resume, args.overrides)
-        run_dir, name = Path(args.resume), Path(args.resume).name
-        if Path(args.resume).is_file():
-            run_dir = Path(args.resume).parent
+        run_dir = Path(args.resume)
+        if run_dir.is_file():  # a checkpoint file names its run
+            run_dir = run_dir.parent
+        loaded, finished = _resume_spec(run_dir, args.overrides)
+        if finished:
+            return 0
+        name = run_dir.name
     elif args.spec:
         loaded = pipeline.load(args.spec, args.overrides)
         pipeline.check(loaded)
         run_dir, name = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec), Path(args.spec).stem
-        if (run_dir / "checkpoint.pt").exists():  # never overwrite a saved run
-            raise UsageError(
-                f"{run_dir} already holds a run: continue it with --resume {run_dir}, or give another --run-dir"
-            )
+        spec_path = args.spec
     else:
         raise UsageError("give a SPEC to train, or --resume RUN")
-    result = train(loaded.data, run_dir, args.device, args.quiet, bool(args.resume), loaded.source_map, name)
+    result = train(
+        loaded.data, run_dir, args.device, args.quiet, bool(args.resume), loaded.source_map, name, spec_path=spec_path
+    )
+    run = shlex.quote(str(run_dir))
     if result.interrupted:
         print(
             f"sfspec: interrupted at step {result.global_step:,}; checkpoint saved in {run_dir}; "
-            f"continue with: sfspec train --resume {run_dir}",
+            f"continue with: sfspec train --resume {run}",
             file=sys.stderr,
         )
         return 130
     print(f"trained {result.global_step:,} steps; run: {run_dir}")
+    print(f"next: sfspec eval {run}  |  sfspec plot {run}  |  sfspec export {run}")
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Evaluate a run's policy (or an exported bundle) deterministically on fresh environments."""
-    from pathlib import Path
+def _bundle_spec(bundle: Path) -> Any:
+    """The spec stored in a bundle's policy.json."""
+    from sfspec.export.bundle import ExportError
 
+    try:
+        return json.loads((bundle / "policy.json").read_text(encoding="utf-8"))["spec"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+        raise ExportError(f"{bundle}/policy.json is unreadable or not a bundle's ({problem})") from None
+
+
+def _load_weights(model, checkpoint: dict, source: str) -> None:
+    """Load a checkpoint's weights into a model built from its (possibly overridden) spec."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UsageError(f"{source}: the overrides change the model the run was trained with ({first})") from None
+
+
+def _eval_one(path: str, args: argparse.Namespace) -> dict:
+    """Evaluate one run, checkpoint or bundle; the summary ``--json`` prints."""
     from sfspec.runtime.evaluate import evaluate, evaluate_bundle, record_video
     from sfspec.runtime.train import build_for_spec, resolve_device
     from sfspec.runtime.vec_env import make_env
 
-    if (Path(args.run) / "policy.json").is_file():  # an exported bundle, run by onnxruntime
-        from sfspec.errors import Location
-        from sfspec.spec.loader import LoadedSpec, SourceMap, apply_overrides
-
-        spec = json.loads((Path(args.run) / "policy.json").read_text())["spec"]
-        smap = SourceMap(values={(): Location(f"{args.run} (the bundle's spec)")})
-        spec = apply_overrides(LoadedSpec(spec, smap, args.run), args.overrides).data
+    if (Path(path) / "policy.json").is_file():  # an exported bundle, run by onnxruntime
+        spec = _stored_spec(_bundle_spec(Path(path)), f"{path} (the bundle's spec)", args.overrides).data
         seed = spec.get("train", {}).get("seed", 0)
-        result = evaluate_bundle(Path(args.run), spec["env"], args.episodes, seed, args.backend).summary()
-    else:
-        loaded, checkpoint = _load_run_spec(args.run, args.overrides)
-        spec = loaded.data
-        device = resolve_device(args.device or "cpu")
-        probe = make_env({**spec["env"], "num_envs": 1}, 0, device)
+        return evaluate_bundle(Path(path), spec["env"], args.episodes, seed, args.backend).summary()
+    loaded, checkpoint = _load_run_spec(path, args.overrides)
+    spec = loaded.data
+    device = resolve_device(args.device or "cpu")
+    probe = make_env({**spec["env"], "num_envs": 1}, 0, device)
+    try:
+        model = build_for_spec(spec, probe, device, loaded.source_map)
+    finally:
+        probe.close()
+    _load_weights(model, checkpoint, path)
+    seed = spec.get("train", {}).get("seed", 0)
+    result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
+    if args.video:
+        import gymnasium as gym
+
         try:
-            model = build_for_spec(spec, probe, device, loaded.source_map)
-        finally:
-            probe.close()
-        model.load_state_dict(checkpoint["model"])
-        seed = spec.get("train", {}).get("seed", 0)
-        result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
-        if args.video:
-            import gymnasium as gym
+            result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
+        except gym.error.DependencyNotInstalled as exc:
+            raise UsageError(f"--video: {exc}") from None
+    return result
 
-            try:
-                result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
-            except gym.error.DependencyNotInstalled as exc:
-                raise UsageError(f"--video: {exc}") from None
-    if args.json:
-        print(json.dumps(result))
-    else:
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate runs' policies (or exported bundles) deterministically on fresh environments."""
+    for path in args.runs:
+        result = _eval_one(path, args)
+        if args.json:
+            print(json.dumps(result if len(args.runs) == 1 else {"run": path, **result}))
+            continue
+        prefix = f"{path}: " if len(args.runs) > 1 else ""
         print(
-            f"{result['episodes']} episodes: return {result['return_mean']:.2f} +- {result['return_std']:.2f} "
-            f"(min {result['return_min']:.2f}, max {result['return_max']:.2f}), length {result['length_mean']:.1f}"
+            f"{prefix}{result['episodes']} episodes: return {result['return_mean']:.2f} +- "
+            f"{result['return_std']:.2f} (min {result['return_min']:.2f}, max {result['return_max']:.2f}), "
+            f"length {result['length_mean']:.1f}"
         )
     return 0
 
@@ -187,7 +284,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
     try:
         out = plot_runs(args.runs, args.out, args.metric)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(out)
     return 0
@@ -263,7 +360,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "schema": (cmd_schema, "print the spec JSON Schema"),
     "summary": (cmd_summary, "print the layers of the model a spec describes"),
     "train": (cmd_train, "train a spec with PPO"),
-    "eval": (cmd_eval, "evaluate a trained run deterministically"),
+    "eval": (cmd_eval, "evaluate trained runs (or bundles) deterministically"),
     "plot": (cmd_plot, "plot learning curves of runs"),
     "export": (cmd_export, "write a deployable policy bundle (ONNX, TorchScript, torch.export)"),
     "check": (cmd_check, "replay a bundle's golden inputs; report errors and latency"),
@@ -300,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
 
     p = sub.add_parser("eval", help=COMMANDS["eval"][1], description=COMMANDS["eval"][1])
-    p.add_argument("run", metavar="RUN", help="a run directory or a checkpoint file")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, checkpoint files or bundles")
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--json", action="store_true", help="print JSON: return_mean, return_std, episodes, ...")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
@@ -349,15 +446,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"sfspec: {exc}", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    except OSError as exc:  # a full disk, a read-only directory: the message names the file
+        print(f"sfspec: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         from sfspec.export.bundle import ExportError
         from sfspec.runtime.checkpoint import CheckpointError
+        from sfspec.runtime.rundir import RunDirError
         from sfspec.runtime.train import TrainingError
         from sfspec.runtime.vec_env import EnvStepError
 
         if isinstance(exc, (CheckpointError, TrainingError, EnvStepError, ExportError)):
             print(f"sfspec: {exc}", file=sys.stderr)
             return 1
+        if isinstance(exc, RunDirError):
+            print(f"sfspec: {exc}", file=sys.stderr)
+            return EXIT_SPEC_ERROR
         raise
     except KeyboardInterrupt:
         print("sfspec: interrupted", file=sys.stderr)

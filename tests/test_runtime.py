@@ -157,7 +157,8 @@ def test_short_cartpole_training_clearly_learns(cli, tmp_path):
     ):
         assert key in rows[-1], key
     assert rows[0]["return_mean"] < 40  # a random policy
-    assert rows[-1]["return_mean"] > 150  # clearly learning
+    # clearly learning (the last interval may finish no 500-step episode: its mean is then None)
+    assert [r["return_mean"] for r in rows if r["return_mean"] is not None][-1] > 150
     evaluation = cli("eval", str(run), "--episodes", "8", "--json", "--set", "env.id=CartPole-v1")
     data = json.loads(evaluation.out)
     assert data["episodes"] == 8 and data["return_mean"] > 150
@@ -261,7 +262,7 @@ def test_environment_error_stops_with_a_message_and_keeps_the_checkpoint(tmp_pat
     assert load_checkpoint(run)["update"] == 2  # the last good one
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, cli):
+def test_nan_reward_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, cli):
     spec = {
         "env": {"id": "sfspec/Counter-v0", "num_envs": 2, "kwargs": {"nan_at": 20}},
         "model": {},
@@ -270,7 +271,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, cli):
     run = tmp_path / "run"
     result = cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")
     assert result.code == 1
-    assert "the loss became nan at step 48 of sfspec/Counter-v0" in result.err
+    assert "sfspec/Counter-v0 returned a non-finite reward (in steps 32-48)" in result.err
     saved = load_checkpoint(run)
     assert saved["update"] == 2 and all(torch.isfinite(v).all() for v in saved["model"].values())
 

@@ -7,15 +7,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+from sfspec.runtime.rundir import METRICS_NAME
+
 
 class RunLogger:
     """Appends one JSON object per log interval, mirrors it to TensorBoard, drives the progress bar."""
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, quiet: bool, title: str):
-        self.metrics_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")
+        self.metrics_path = run_dir / METRICS_NAME
+        self.metrics_file = open(self.metrics_path, "a", encoding="utf-8")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(run_dir / "tb"))
+        # On resume, TensorBoard drops the events a killed run logged after its checkpoint.
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step else None)
         self.progress = None
         if not quiet:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,8 +37,11 @@ class RunLogger:
 
     def log(self, metrics: dict[str, Any]) -> None:
         """Record one interval's metrics."""
-        self.metrics_file.write(json.dumps(metrics) + "\n")
-        self.metrics_file.flush()
+        try:
+            self.metrics_file.write(json.dumps(metrics) + "\n")
+            self.metrics_file.flush()
+        except OSError as exc:  # a full disk: name the file; the last checkpoint is intact
+            raise OSError(exc.errno, f"cannot write metrics: {exc.strerror}", str(self.metrics_path)) from None
         step = metrics["step"]
         for key, value in metrics.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):

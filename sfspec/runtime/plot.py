@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sfspec.io import atomic_write
+from sfspec.runtime.rundir import METRICS_NAME, parse_metrics
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The metrics a run logged, one dict per log interval."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is this a run directory?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return parse_metrics(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # damage before the last line: not a crash's torn write
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path, metric: str = "return_mean") -> Path:

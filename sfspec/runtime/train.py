@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sfspec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_che
 from sfspec.runtime.config import TrainConfig
 from sfspec.runtime.logger import RunLogger
 from sfspec.runtime.ppo import Carry, ReturnNormalizer, Rollout, collect_rollout, num_updates, ppo_update, scheduled_lr
+from sfspec.runtime.rundir import locked_run_dir, refuse_existing_run, truncate_metrics
 from sfspec.runtime.vec_env import EnvStepError, make_env
 from sfspec.spec.loader import SourceMap
 
@@ -88,18 +90,30 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class _StopSignals:
-    """Turn SIGTERM into KeyboardInterrupt while training, so it too saves and exits cleanly."""
+    """Ctrl-C and SIGTERM ask the loop to stop at the next update boundary, where a checkpoint is exact.
+
+    A second Ctrl-C stops at once (the last checkpoint is kept). Outside the main thread signals
+    cannot be caught, so there the default behaviour stays.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
-        self.previous = signal.signal(signal.SIGTERM, self._raise)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._request)
         return self
 
-    @staticmethod
-    def _raise(signum, frame):
-        raise KeyboardInterrupt
+    def _request(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def train(
@@ -111,24 +125,34 @@ def train(
     smap: SourceMap | None = None,
     spec_name: str = "spec",
     on_log: Callable[[dict, ActorCritic], bool] | None = None,
+    spec_path: str | None = None,
 ) -> TrainResult:
     """Train the spec's model with PPO in ``run_dir`` (continuing its checkpoint if ``resume``).
 
+    The run directory is locked for the life of the run. A fresh run refuses a directory that
+    already holds one (or ``spec_path`` itself); ``resume`` without a checkpoint starts the run over.
     ``on_log(metrics, model)`` runs at every log interval, outside the timed training; returning
     True ends the run there (benchmarks use it to stop once a policy is solved).
     """
     cfg = TrainConfig.from_spec(spec)
     device = resolve_device(device_name or cfg.device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint = load_checkpoint(run_dir, device) if resume else None
-    if checkpoint is None:
-        atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
-    seed_everything(cfg.seed)
-    env = make_env(spec["env"], cfg.seed, device)
-    try:
-        return _run(spec, cfg, env, device, run_dir, quiet, checkpoint, smap, spec_name, on_log)
-    finally:
-        env.close()
+    with locked_run_dir(run_dir):
+        checkpoint = None
+        if resume and (run_dir / CHECKPOINT_NAME).exists():
+            checkpoint = load_checkpoint(run_dir, device)
+        elif not resume:
+            refuse_existing_run(run_dir, spec_path)
+        truncate_metrics(run_dir, checkpoint["global_step"] if checkpoint is not None else 0)
+        if checkpoint is None:
+            atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
+        elif checkpoint.get("threads") and checkpoint["threads"] != torch.get_num_threads():
+            torch.set_num_threads(checkpoint["threads"])  # results are exact only at the run's thread count
+        seed_everything(cfg.seed)
+        env = make_env(spec["env"], cfg.seed, device)
+        try:
+            return _run(spec, cfg, env, device, run_dir, quiet, checkpoint, smap, spec_name, on_log)
+        finally:
+            env.close()
 
 
 def _run(
@@ -166,6 +190,7 @@ def _run(
         masked=getattr(env, "next_step_reset", False),
     )
     logger = RunLogger(run_dir, total_updates * batch_steps, update * batch_steps, quiet, spec_name)
+    started = time.perf_counter()
 
     def save(finished: bool = False) -> None:
         save_checkpoint(
@@ -182,14 +207,14 @@ def _run(
                 "carry": _carry_state(carry),
                 "env": env.snapshot() if env.on_device else None,
                 "finished": finished,
+                "threads": torch.get_num_threads(),
             },
         )
 
-    started = time.perf_counter()
     interval_start, interval_step = started, update * batch_steps
     interrupted = False
     try:
-        with _StopSignals():
+        with _StopSignals() as stop:
             while update < total_updates:
                 lr = scheduled_lr(cfg, update, total_updates)
                 if lr is not None:
@@ -199,14 +224,11 @@ def _run(
                     collect_rollout(model, env, carry, rollout, cfg, return_norm)
                 except EnvStepError as exc:
                     raise TrainingError(f"{exc} (at step {update * batch_steps})") from exc
+                finite = finite_flags(rollout)  # read back with the loss: no extra host synchronisation
                 with torch.no_grad():
                     next_value = model.values(carry.obs, carry.state * (1.0 - carry.done).unsqueeze(-1))
                 stats = ppo_update(model, optimizer, rollout, next_value, cfg)
-                if not math.isfinite(stats["loss"].item()):
-                    raise TrainingError(
-                        f"the loss became {stats['loss'].item()} at step {(update + 1) * batch_steps} "
-                        f"of {spec['env']['id']}; try a lower train.lr or train.max_grad_norm"
-                    )
+                _check_finite(stats["loss"], finite, rollout, spec["env"]["id"], update, batch_steps)
                 model.preprocessor.update({k: v.flatten(0, 1) for k, v in rollout.obs.items()})
                 update += 1
                 if update % cfg.log_interval == 0 or update == total_updates:
@@ -228,20 +250,50 @@ def _run(
                     interval_start, interval_step = now, step
                     if on_log is not None:
                         paused = time.perf_counter()
-                        stop = on_log(metrics, model)
+                        stop_here = on_log(metrics, model)
                         paused = time.perf_counter() - paused
                         started, interval_start = started + paused, interval_start + paused
-                        if stop:
+                        if stop_here:
                             save(finished=True)
                             break
                 if update % cfg.checkpoint_interval == 0 or update == total_updates:
                     save(finished=update == total_updates)
-    except KeyboardInterrupt:
+                elif stop.requested:
+                    save()
+                if stop.requested and update < total_updates:
+                    interrupted = True
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keeping the last checkpoint
         interrupted = True
-        save()
     finally:
         logger.close()
     return TrainResult(run_dir, update * batch_steps, update, interrupted)
+
+
+_KEPT = "training stopped, the last checkpoint is kept"
+
+
+def finite_flags(rollout: Rollout) -> torch.Tensor:
+    """One flag per float observation key, then the rewards: 1 where the rollout holds a non-finite value."""
+    parts = [rollout.obs[k] for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()] + [rollout.rewards]
+    return torch.stack([(~torch.isfinite(p)).any() for p in parts]).to(torch.float32)
+
+
+def _check_finite(loss: torch.Tensor, flags: torch.Tensor, rollout: Rollout, env_id: str, update: int, steps: int):
+    """Stop on non-finite data, naming its source: the environment's observations or rewards, else the loss."""
+    values = torch.cat([loss.detach().float().reshape(1), flags.to(loss.device)]).tolist()
+    keys = [k for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()]
+    where = f"steps {update * steps}-{(update + 1) * steps}"
+    for key, bad in zip(keys, values[1:]):
+        if bad:
+            raise TrainingError(f"{env_id} returned a non-finite observation '{key}' (in {where}); {_KEPT}")
+    if values[-1]:
+        raise TrainingError(f"{env_id} returned a non-finite reward (in {where}); {_KEPT}")
+    if not math.isfinite(values[0]):
+        raise TrainingError(
+            f"the loss became {values[0]} at step {(update + 1) * steps} "
+            f"of {env_id}; try a lower train.lr or train.max_grad_norm"
+        )
 
 
 def _carry_state(carry: Carry) -> dict[str, Any]:
@@ -252,6 +304,8 @@ def _carry_state(carry: Carry) -> dict[str, Any]:
         "episode_return": carry.episode_return,
         "episode_length": carry.episode_length,
         "discounted_return": carry.discounted_return,
+        # Episodes finished since the last log line, so an interval that spans a resume counts them.
+        "finished": torch.stack([carry.finished_return, carry.finished_length, carry.finished_count]),
     }
 
 
@@ -264,6 +318,9 @@ def _restore_carry(checkpoint: dict, env, model: ActorCritic, device, cfg: Train
         for key in ("state", "done", "episode_return", "episode_length", "discounted_return"):
             setattr(carry, key, saved[key].to(device))
         carry.obs = {k: v.to(device) for k, v in saved["obs"].items()}
-        return carry
-    obs = env.reset(seed=cfg.seed + 1_000_003 * update)  # new episodes, new seeds
-    return Carry.start(obs, model, env.num_envs, device)
+    else:
+        obs = env.reset(seed=cfg.seed + 1_000_003 * update)  # new episodes, new seeds
+        carry = Carry.start(obs, model, env.num_envs, device)
+    if "finished" in saved:
+        carry.finished_return, carry.finished_length, carry.finished_count = saved["finished"].to(device).unbind()
+    return carry

@@ -73,10 +73,14 @@ class TensorEnvAdapter(_Adapter):
 
     on_device = True
 
+    def __init__(self, env: Any, env_id: str, device: torch.device):
+        super().__init__(env, env_id, device)
+        self._obs_shapes = {k: (self.num_envs, *s.shape) for k, s in flatten_space(self.observation_space).items()}
+
     def reset(self, seed: int | None = None) -> ObsDict:
         """Reset every environment."""
-        obs, _ = self.env.reset(seed=seed)
-        return flatten_obs(obs, self.keys)
+        obs, _ = _guarded(self.env_id, "reset", lambda: self.env.reset(seed=seed))
+        return self._checked_obs(obs, "reset")
 
     def step(self, actions: torch.Tensor, layout: ActionLayout) -> Step:
         """Step with flat env-unit actions (N, A)."""
@@ -84,15 +88,33 @@ class TensorEnvAdapter(_Adapter):
             raise EnvStepError(f"{self.env_id}: tensor envs take a single Box or Discrete action")
         part = layout.parts[0]
         env_action = actions[:, 0].long() if part.kind == "categorical" else actions.reshape(-1, *part.shape)
-        obs, reward, terminated, truncated, info = self.env.step(env_action)
+        obs, reward, terminated, truncated, info = _guarded(self.env_id, "step", lambda: self.env.step(env_action))
+        for name, value in (("reward", reward), ("terminated", terminated), ("truncated", truncated)):
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != (self.num_envs,):
+                expected = f"expected ({self.num_envs},)"
+                raise EnvStepError(f"{self.env_id}: step returned {name} {_shape_of(value)}, {expected}")
         final = info.get("final_obs")
         return Step(
-            flatten_obs(obs, self.keys),
+            self._checked_obs(obs, "step"),
             reward.to(torch.float32),
             terminated,
             truncated,
-            flatten_obs(final, self.keys) if final is not None else None,
+            self._checked_obs(final, "step (final_obs)") if final is not None else None,
         )
+
+    def _checked_obs(self, obs: Any, where: str) -> ObsDict:
+        """Observations keyed like the model's inputs, each of the shape the env's space promises (no sync)."""
+        try:
+            flat = flatten_obs(obs, self.keys)
+        except (KeyError, IndexError, TypeError) as exc:
+            raise EnvStepError(f"{self.env_id}: {where} returned observations without {exc}") from None
+        for key, value in flat.items():
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != self._obs_shapes[key]:
+                raise EnvStepError(
+                    f"{self.env_id}: {where} returned observation '{key}' {_shape_of(value)}, "
+                    f"expected {self._obs_shapes[key]}"
+                )
+        return flat
 
     def snapshot(self) -> dict:
         """Everything needed to continue exactly here (for checkpoints)."""
@@ -125,19 +147,13 @@ class GymVectorAdapter(_Adapter):
     def reset(self, seed: int | None = None) -> ObsDict:
         """Reset every environment (env i seeded with seed + i)."""
         self._resetting[:] = False
-        try:
-            obs, _ = self.env.reset(seed=seed)
-        except Exception as exc:
-            raise EnvStepError(f"{self.env_id}: reset raised {type(exc).__name__}: {exc}") from exc
+        obs, _ = _guarded(self.env_id, "reset", lambda: self.env.reset(seed=seed))
         return self._to_device(obs)
 
     def step(self, actions: torch.Tensor, layout: ActionLayout) -> Step:
         """Step with flat env-unit actions (N, A)."""
         batched = env_actions(actions.detach().cpu().numpy(), layout)
-        try:
-            obs, reward, terminated, truncated, info = self.env.step(batched)
-        except Exception as exc:
-            raise EnvStepError(f"{self.env_id}: step raised {type(exc).__name__}: {exc}") from exc
+        obs, reward, terminated, truncated, info = _guarded(self.env_id, "step", lambda: self.env.step(batched))
         final_obs, valid = None, None
         done = np.logical_or(terminated, truncated)
         device_obs = self._to_device(obs)
@@ -164,6 +180,23 @@ class GymVectorAdapter(_Adapter):
             for key, value in flatten_obs(finals[i], self.keys).items():
                 flat[key][i] = value
         return {k: torch.as_tensor(v).to(self.device) for k, v in flat.items()}
+
+
+def _guarded(env_id: str, what: str, call: Any) -> Any:
+    """Run an env's reset or step; its exceptions, and its ``sys.exit``, become an EnvStepError naming it."""
+    try:
+        return call()
+    except SystemExit as exc:
+        raise EnvStepError(f"{env_id}: {what} called sys.exit({exc.code})") from None
+    except EnvStepError:
+        raise
+    except Exception as exc:
+        raise EnvStepError(f"{env_id}: {what} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _shape_of(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    return f"of shape {tuple(shape)}" if shape is not None else f"of type {type(value).__name__}"
 
 
 def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter | GymVectorAdapter:
