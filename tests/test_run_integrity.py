@@ -404,3 +404,27 @@ def test_plot_names_a_damaged_metrics_line(cli, tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 64, "return_mean": 1.0}\n{"step": 1\x00\n{"step": 192}\n')
     result = cli("plot", str(run), "--out", str(tmp_path / "curve.png"))
     assert result.code == 2 and "metrics.jsonl: line 2 is not JSON" in result.err and "Traceback" not in result.err
+
+
+def test_ctrl_c_in_a_terminal_stops_async_env_training_cleanly(tmp_path):
+    """A terminal sends SIGINT to the whole process group, the environment workers included."""
+    spec = {
+        "env": {"id": "CartPole-v1", "num_envs": 2, "vectorization": "async"},
+        "model": {},
+        "train": {"rollout": 16, "steps": 10_000_000, "checkpoint_interval": 1},
+    }
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sfspec", "train", write(tmp_path, spec), "--run-dir", str(run), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal gives it
+    )
+    _wait_for(run / "checkpoint.pt")
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "checkpoint saved" in err and "Traceback" not in err
+    assert load_checkpoint(run)["update"] >= 1

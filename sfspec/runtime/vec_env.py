@@ -8,6 +8,10 @@ Both autoreset in the same step and return the true final observation for bootst
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,6 +203,20 @@ def _shape_of(value: Any) -> str:
     return f"of shape {tuple(shape)}" if shape is not None else f"of type {type(value).__name__}"
 
 
+@contextmanager
+def _workers_ignore_ctrl_c(active: bool) -> Iterator[None]:
+    """Start worker processes with SIGINT ignored: a terminal's Ctrl-C reaches the whole process group,
+    and the trainer, not each worker, decides how to stop (at an update boundary, with a checkpoint)."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by forked and spawned workers
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter | GymVectorAdapter:
     """The batched environment a spec's ``env`` section describes."""
     env_id, num_envs, kwargs = env_cfg["id"], int(env_cfg.get("num_envs", 8)), dict(env_cfg.get("kwargs", {}))
@@ -217,7 +235,8 @@ def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter
         if gym.spec(env_id).vector_entry_point is None:
             raise EnvStepError(f"{env_id} has no batched entry point of its own; use vectorization: sync or async")
         vector_kwargs = {}
-    env = gym.make_vec(env_id, num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
+    with _workers_ignore_ctrl_c(mode == "async"):
+        env = gym.make_vec(env_id, num_envs, vectorization_mode=mode, vector_kwargs=vector_kwargs, **kwargs)
     autoreset = env.metadata.get("autoreset_mode", AutoresetMode.NEXT_STEP)
     if autoreset not in (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP):
         env.close()
