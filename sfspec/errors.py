@@ -50,7 +50,8 @@ class SpecIssue:
 
     def __str__(self) -> str:
         where = f"{self.location}: " if self.location is not None else ""
-        return f"{where}{format_path(self.path)}: {self.message}"
+        what = f"{format_path(self.path)}: " if self.path else ""  # the whole file has no path to name
+        return f"{where}{what}{self.message}"
 
 
 class SpecError(Exception):

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sfspec.compiler.budget import MemoryEstimate, check_memory
 from sfspec.compiler.plan import ModelPlan, plan_model
 from sfspec.spec.environment import env_spaces
 from sfspec.spec.loader import LoadedSpec, load_spec
@@ -20,7 +21,11 @@ if TYPE_CHECKING:
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> LoadedSpec:
-    """Load a spec file (extends, --set) and validate it against the schema."""
+    """Load a spec file (extends, --set) and validate it against the schema.
+
+    Checks here need no environment: YAML limits (size, depth, aliases), the schema, finite numbers,
+    and the model's layer count.
+    """
     loaded = load_spec(path, overrides)
     validate_spec(loaded)
     return loaded
@@ -34,13 +39,19 @@ class CheckedSpec:
     obs_space: Any
     action_space: Any
     plan: ModelPlan
+    memory: MemoryEstimate
 
 
 def check(loaded: LoadedSpec) -> CheckedSpec:
-    """Check a loaded spec against its environment's spaces (shapes, keys, action options)."""
+    """Check a loaded spec against its environment's spaces (shapes, keys, action options) and memory.
+
+    Refuses a spec whose parameters, rollout and environments would not fit in this machine's
+    memory, before torch allocates anything.
+    """
     obs_space, action_space = env_spaces(loaded.data["env"], loaded.source_map)
     plan = plan_model(loaded.data, obs_space, action_space, loaded.source_map, loaded.data["env"]["id"])
-    return CheckedSpec(loaded, obs_space, action_space, plan)
+    memory = check_memory(loaded.data, obs_space, action_space, plan, loaded.source_map)
+    return CheckedSpec(loaded, obs_space, action_space, plan, memory)
 
 
 def compile_spec(loaded: LoadedSpec, obs_space: Any = None, action_space: Any = None) -> ActorCritic:
@@ -49,4 +60,5 @@ def compile_spec(loaded: LoadedSpec, obs_space: Any = None, action_space: Any = 
 
     if obs_space is None or action_space is None:
         obs_space, action_space = env_spaces(loaded.data["env"], loaded.source_map)
+    check_memory(loaded.data, obs_space, action_space, None, loaded.source_map, training=False)  # before torch
     return compile_model(loaded.data, obs_space, action_space, loaded.source_map, loaded.data["env"]["id"])

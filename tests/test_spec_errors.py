@@ -373,8 +373,8 @@ CASES = [
      env: {id: CartPole-v1
      model: {}
      """,
-        "2:6",
-        "YAML syntax",
+        "1:6",
+        "YAML syntax: this '{' is never closed: found ':' at",
     ),
     (
         "python tag",
@@ -460,7 +460,7 @@ def test_extends_missing_file_points_at_the_extends_line(cli, write_spec):
     path = write_spec("env: {id: CartPole-v1}\nmodel: {}\nextends: nothere.yaml\n")
     result = cli("validate", path)
     assert result.code == 2
-    assert f"{path}:3:10: extends: extends: file not found" in result.err
+    assert f"{path}:3:10: extends: file not found: " in result.err
 
 
 @pytest.mark.parametrize(
@@ -485,7 +485,7 @@ def test_bad_set_override(cli, write_spec, override, message):
 def test_missing_file(cli, tmp_path):
     result = cli("validate", str(tmp_path / "nope.yaml"))
     assert result.code == 2
-    assert "nope.yaml: <root>: file not found" in result.err
+    assert "nope.yaml: file not found" in result.err
 
 
 def test_broken_plugin_is_a_clear_error(cli, write_spec):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sfspec.compiler import layers as _builtin_layers  # noqa: F401 (registers the built-in layers)
+from sfspec.compiler.budget import layer_count_issues
 from sfspec.compiler.shapes import ShapeError, build_layer, format_shape, infer_layer, parse_layer_item
 from sfspec.compiler.spaces import ActionLayout, ObsInput, SpaceError, action_layout, describe_space, observation_inputs
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
@@ -72,6 +73,9 @@ def _issue(smap: SourceMap, path: tuple, message: str, key: bool = False) -> Spe
 def plan_model(spec: dict, obs_space: Any, action_space: Any, smap: SourceMap, env_name: str = "the env") -> ModelPlan:
     """Check the model section against the spaces; raise a SpecError listing every problem."""
     model = spec.get("model", {})
+    too_many = layer_count_issues(spec, smap)  # before any walk expands a repeat
+    if too_many:
+        raise SpecError(too_many)
     issues: list[SpecIssue] = []
     try:
         inputs = observation_inputs(obs_space, model.get("preprocess"))
@@ -118,14 +122,17 @@ def plan_model(spec: dict, obs_space: Any, action_space: Any, smap: SourceMap, e
         custom_model=model.get("custom"),
     )
     if not issues and plan.custom_model is None:
+        shape_issues: dict[tuple, SpecIssue] = {}
         for stack in stacks:
             try:
                 result = walk_stack(stack, inputs, build=False)
                 plan.shapes[stack.name] = result.part_shapes
             except ShapeError as exc:
-                issues.append(_issue(smap, exc.path, exc.message))
+                # actor and critic share spec parts: a layer failing in both (maybe on other shapes) is one error
+                shape_issues.setdefault(exc.path, _issue(smap, exc.path, exc.message))
+        issues += shape_issues.values()
     if issues:
-        raise SpecError(list({(i.path, i.message): i for i in issues}.values()))  # stacks share spec parts
+        raise SpecError(list({(i.path, i.message): i for i in issues}.values()))
     return plan
 
 
@@ -177,41 +184,15 @@ def _check_action_options(action: dict, layout: ActionLayout, inputs: dict, smap
 def _resolve_stacks(model: dict, observable: list, inputs: dict, smap: SourceMap, env_name: str) -> tuple[list, list]:
     issues: list[SpecIssue] = []
     sides = {}
+    bad_observe = set()  # sides with a wrong observe: the root cause, so say nothing about what follows from it
     for side in ("actor", "critic"):
-        cfg = model.get(side, {})
-        observe = cfg.get("observe", observable)
-        for i, key in enumerate(cfg.get("observe", [])):
-            if key not in inputs:
-                issues.append(_issue(smap, MODEL + (side, "observe", i), _no_key(key, inputs, env_name)))
-            elif key == model.get("action", {}).get("mask"):
-                issues.append(_issue(smap, MODEL + (side, "observe", i), f"'{key}' is the action mask, not an input"))
-        if not observe:
-            issues.append(_issue(smap, MODEL + (side, "observe"), "observes nothing"))
-        parts, paths = {}, {}
-        for part in ("encoder", "core", "decoder"):
-            where = MODEL + (side, part) if part in cfg else MODEL + (part,)
-            parts[part] = cfg.get(part, model.get(part, []))
-            paths[part] = where
-        sides[side] = StackPlan(side, tuple(k for k in observe if k in inputs), paths=paths, **parts)
+        sides[side], side_issues = _side_stack(side, model, observable, inputs, smap, env_name)
+        if side_issues:
+            bad_observe.add(side)
+        issues += side_issues
     if model.get("share_weights", False):
-        actor, critic = sides["actor"], sides["critic"]
-        path = MODEL + ("share_weights",)
-        if set(actor.observe) != set(critic.observe):
-            issues.append(
-                _issue(
-                    smap,
-                    path,
-                    "shared weights need one set of observations; "
-                    f"actor observes {list(actor.observe)}, critic {list(critic.observe)}",
-                )
-            )
-        overridden = [
-            f"{s}.{p}" for s in ("actor", "critic") for p in ("encoder", "core", "decoder") if p in model.get(s, {})
-        ]
-        if overridden:
-            issues.append(
-                _issue(smap, path, f"shared weights mean one stack, but model.{overridden[0]} defines its own")
-            )
+        actor = sides["actor"]
+        issues += _shared_issues(model, actor, sides["critic"], smap, check_observe=not bad_observe)
         stacks = [StackPlan("shared", actor.observe, actor.encoder, actor.core, actor.decoder, actor.paths)]
     else:
         stacks = [sides["actor"], sides["critic"]]
@@ -222,16 +203,56 @@ def _resolve_stacks(model: dict, observable: list, inputs: dict, smap: SourceMap
                 path = stack.paths["encoder"] + ("inputs", key)
                 if key not in inputs:
                     issues.append(_issue(smap, path, _no_key(key, inputs, env_name), key=True))
-                elif key not in stack.observe:
-                    issues.append(
-                        _issue(
-                            smap,
-                            path,
-                            f"the {stack.name} does not observe '{key}' (observes {list(stack.observe)})",
-                            key=True,
-                        )
-                    )
+                elif key not in stack.observe and _owner(stack.name) not in bad_observe:
+                    message = f"the {stack.name} does not observe '{key}' (observes {list(stack.observe)})"
+                    issues.append(_issue(smap, path, message, key=True))
     return stacks, issues
+
+
+def _side_stack(
+    side: str, model: dict, observable: list, inputs: dict, smap: SourceMap, env_name: str
+) -> tuple[StackPlan, list[SpecIssue]]:
+    """The actor's or the critic's stack, and the problems with what it observes."""
+    issues = []
+    cfg = model.get(side, {})
+    observe = cfg.get("observe", observable)
+    for i, key in enumerate(cfg.get("observe", [])):
+        if key not in inputs:
+            issues.append(_issue(smap, MODEL + (side, "observe", i), _no_key(key, inputs, env_name)))
+        elif key == model.get("action", {}).get("mask"):
+            issues.append(_issue(smap, MODEL + (side, "observe", i), f"'{key}' is the action mask, not an input"))
+    if not observe:
+        issues.append(_issue(smap, MODEL + (side, "observe"), "observes nothing"))
+    parts, paths = {}, {}
+    for part in ("encoder", "core", "decoder"):
+        paths[part] = MODEL + (side, part) if part in cfg else MODEL + (part,)
+        parts[part] = cfg.get(part, model.get(part, []))
+    return StackPlan(side, tuple(k for k in observe if k in inputs), paths=paths, **parts), issues
+
+
+def _shared_issues(
+    model: dict, actor: StackPlan, critic: StackPlan, smap: SourceMap, check_observe: bool
+) -> list[SpecIssue]:
+    """What contradicts ``share_weights: true``: two sets of observations, or a side with its own parts."""
+    issues = []
+    path = MODEL + ("share_weights",)
+    if check_observe and set(actor.observe) != set(critic.observe):
+        message = (
+            "shared weights need one set of observations; "
+            f"actor observes {list(actor.observe)}, critic {list(critic.observe)}"
+        )
+        issues.append(_issue(smap, path, message))
+    overridden = [
+        f"{s}.{p}" for s in ("actor", "critic") for p in ("encoder", "core", "decoder") if p in model.get(s, {})
+    ]
+    if overridden:
+        issues.append(_issue(smap, path, f"shared weights mean one stack, but model.{overridden[0]} defines its own"))
+    return issues
+
+
+def _owner(stack_name: str) -> str:
+    """The side whose observe list a stack uses (a shared stack uses the actor's)."""
+    return "actor" if stack_name == "shared" else stack_name
 
 
 # ---------------------------------------------------------------- the walk shared by planning and building

@@ -5,7 +5,9 @@ Nothing here imports torch: loading and validating a spec must stay fast.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -47,9 +49,34 @@ class LoadedSpec:
 # YAML 1.1 reads '3e-4' as a string; a spec means a number.
 _FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
+# Limits that turn hostile input into an error instead of a stalled or exhausted machine.
+# A real spec is a few kilobytes, a few hundred values and a dozen levels deep.
+MAX_SPEC_BYTES = 512 * 1024
+MAX_DEPTH = 64  # nested mappings and lists
+MAX_VALUES = 50_000  # values after YAML aliases are expanded (billion laughs)
+YAML_SUFFIXES = (".yaml", ".yml")
+
 
 class _SpecLoader(yaml.SafeLoader):
-    """Safe loader that rejects duplicate keys and reads 1e-3 as a float."""
+    """Safe loader that reads 1e-3 as a float and caps nesting depth and the number of nodes."""
+
+    source = "<spec>"
+    depth = 0
+    composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        """Compose one node, refusing documents nested or sized beyond the limits."""
+        mark = self.peek_event().start_mark
+        self.depth += 1
+        self.composed += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                raise spec_error(_loc(self.source, mark), (), f"nested more than {MAX_DEPTH} levels deep")
+            if self.composed > MAX_VALUES:
+                raise spec_error(_loc(self.source, mark), (), f"more than {MAX_VALUES:,} values in one spec")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _SpecLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789"))
@@ -62,44 +89,74 @@ def _loc(source: str, mark: yaml.Mark) -> Location:
     return Location(source, mark.line + 1, mark.column + 1)
 
 
-def _construct(node: yaml.Node, loader: _SpecLoader, source: str, path: tuple, smap: SourceMap) -> Any:
+class _Budget:
+    """Counts the values built from a document, aliases expanded."""
+
+    def __init__(self) -> None:
+        self.values = 0
+
+
+def _construct(node: yaml.Node, loader: _SpecLoader, source: str, path: tuple, smap: SourceMap, budget: _Budget) -> Any:
     """Build plain Python data from a composed YAML node, recording positions."""
-    smap.values[path] = _loc(source, node.start_mark)
+    where = _loc(source, node.start_mark)
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        message = f"the spec expands to more than {MAX_VALUES:,} values (YAML aliases '*name' repeat whole subtrees)"
+        raise spec_error(where, path, message)
+    if len(path) > MAX_DEPTH:  # also stops a recursive alias ('&a [*a]'); name only the top of the path
+        message = f"nested more than {MAX_DEPTH} levels deep (a YAML alias inside its own anchor?)"
+        raise spec_error(where, path[:3], message)
+    smap.values[path] = where
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
         shown = node.tag.replace("tag:yaml.org,2002:", "!!")
-        raise spec_error(_loc(source, node.start_mark), path, f"tag '{shown}' is not allowed: a spec is plain data")
+        raise spec_error(where, path, f"tag '{shown}' is not allowed: a spec is plain data")
     if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)  # resolves '<<' merge keys
-        out: dict = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise spec_error(_loc(source, key_node.start_mark), path, "mapping keys must be scalars")
-            key = str(key) if not isinstance(key, str) else key
-            if key in out:
-                first = smap.keys[path + (key,)]
-                raise spec_error(
-                    _loc(source, key_node.start_mark),
-                    path + (key,),
-                    f"duplicate key '{key}' (first defined at line {first.line})",
-                )
-            smap.keys[path + (key,)] = _loc(source, key_node.start_mark)
-            out[key] = _construct(value_node, loader, source, path + (key,), smap)
-        return out
+        return _construct_mapping(node, loader, source, path, smap, budget)
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(item, loader, source, path + (i,), smap) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+        return [_construct(item, loader, source, path + (i,), smap, budget) for i, item in enumerate(node.value)]
+    return _construct_scalar(node, loader, where, path)
+
+
+def _construct_mapping(
+    node: yaml.MappingNode, loader: _SpecLoader, source: str, path: tuple, smap: SourceMap, budget: _Budget
+) -> dict:
+    loader.flatten_mapping(node)  # resolves '<<' merge keys
+    out: dict = {}
+    for key_node, value_node in node.value:
+        key_at = _loc(source, key_node.start_mark)
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise spec_error(key_at, path, "mapping keys must be scalars")
+        key = _construct_scalar(key_node, loader, key_at, path)
+        if not isinstance(key, (str, int, float, bool)) or key is None:
+            raise spec_error(key_at, path, "mapping keys must be scalars")
+        key = str(key) if not isinstance(key, str) else key
+        if key in out:
+            first = smap.keys[path + (key,)]
+            raise spec_error(key_at, path + (key,), f"duplicate key '{key}' (first defined at line {first.line})")
+        smap.keys[path + (key,)] = key_at
+        out[key] = _construct(value_node, loader, source, path + (key,), smap, budget)
+    return out
+
+
+def _construct_scalar(node: yaml.ScalarNode, loader: _SpecLoader, where: Location, path: tuple) -> Any:
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError:  # Python refuses int('...') past 4300 digits
+        digits = sum(c.isdigit() for c in node.value)
+        raise spec_error(where, path, f"a number with {digits:,} digits is too long for a spec") from None
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, SourceMap]:
     """Parse one YAML document safely into plain data and a source map."""
-    loader = _SpecLoader(text)
     smap = SourceMap()
+    loader = None
     try:
+        loader = _SpecLoader(text)
+        loader.source = source
         node = loader.get_single_node()
         if node is None:
             return None, smap
-        return _construct(node, loader, source, (), smap), smap
+        return _construct(node, loader, source, (), smap, _Budget()), smap
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
         tag = ""
@@ -108,25 +165,139 @@ def parse_yaml(text: str, source: str) -> tuple[Any, SourceMap]:
         msg = f"tag '{tag}' is not allowed: a spec is plain data" if tag else str(exc.problem)
         raise spec_error(_loc(source, mark) if mark else Location(source), (), msg) from None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        problem = exc.problem or "invalid YAML"
-        if exc.context:
-            problem = f"{exc.context}, {problem}"
-        raise spec_error(_loc(source, mark) if mark else Location(source), (), f"YAML syntax: {problem}") from None
-    except yaml.YAMLError as exc:  # e.g. a reader error on bad bytes
-        raise spec_error(Location(source), (), f"YAML: {exc}") from None
+        where, message = explain_yaml_error(exc, source)
+        raise spec_error(where, (), f"YAML syntax: {message}") from None
+    except yaml.reader.ReaderError as exc:
+        raise spec_error(_position(text, source, exc.position), (), _reader_message(exc)) from None
+    except yaml.YAMLError as exc:  # not expected; say what, never the file's text
+        raise spec_error(Location(source), (), f"YAML: {type(exc).__name__}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
-def _read_mapping_file(path: FsPath, shown: str) -> tuple[dict, SourceMap]:
-    """Read one spec file, which must hold a non-empty mapping."""
+def _position(text: str, source: str, index: int) -> Location:
+    """The 1-based line and column of a character offset."""
+    line = text.count("\n", 0, index) + 1
+    return Location(source, line, index - (text.rfind("\n", 0, index) + 1) + 1)
+
+
+def _reader_message(exc: yaml.reader.ReaderError) -> str:
+    if exc.character in (0, "\0"):
+        return "a NUL byte (character #x0000): a spec is text; is this a binary file?"
+    return f"character #x{exc.character:04x} is not allowed in YAML (a control character; a spec is text)"
+
+
+# ---------------------------------------------------------------- YAML syntax errors in plain words
+
+
+def _mark_text(source: str, mark: yaml.Mark) -> str:
+    return f"{source}:{mark.line + 1}:{mark.column + 1}"
+
+
+_FOUND = {
+    "<block mapping start>": "a new 'key: value'",
+    "<block sequence start>": "a list item '- '",
+    "'-'": "a list item '- '",
+    "'<stream end>'": "the end of the file",
+    "<stream end>": "the end of the file",
+    "'<block end>'": "the end of the block",
+}
+
+
+def _found(problem: str) -> str:
+    """What the parser found, in words: the part after 'but found'/'but got'."""
+    for sep in ("but found ", "but got "):
+        if sep in problem:
+            token = problem.split(sep, 1)[1]
+            return _FOUND.get(token, _FOUND.get(token.strip("'"), token))
+    return problem
+
+
+def explain_yaml_error(exc: yaml.MarkedYAMLError, source: str) -> tuple[Location, str]:
+    """A PyYAML syntax error as (primary position, plain message naming the other position)."""
+    problem, context = exc.problem or "invalid YAML", exc.context or ""
+    start, end = exc.context_mark, exc.problem_mark
+    at = _loc(source, end) if end else (_loc(source, start) if start else Location(source))
+    if "'\\t'" in problem:
+        return at, "a tab character: YAML indents with spaces only (replace the tab with spaces)"
+    if context.startswith("while parsing a flow") and start and end:
+        return _explain_flow(context, problem, start, end, source)
+    if context.startswith("while parsing a block") and start:
+        return at, (
+            f"bad indentation: found {_found(problem)} that does not line up with the block that starts at "
+            f"{_mark_text(source, start)}; keys of one mapping (and items of one list) must start in the same "
+            "column, indented with spaces"
+        )
+    if "could not find expected ':'" in problem and start:
+        return _loc(source, start), (
+            "this line has no ':' (a mapping entry is 'key: value', a list item '- value'); "
+            "or the line is indented differently from its neighbours"
+        )
+    if "mapping values are not allowed" in problem:
+        return at, (
+            "unexpected ':' here: a line indented deeper than the key above it continues that key's value "
+            "(check the indentation), or a value containing ': ' needs quotes"
+        )
+    if context.startswith("while scanning a") and "quoted" in context and start:
+        return _loc(source, start), f"this quote is never closed (the problem shows at {_mark_text(source, end)})"
+    if "undefined alias" in problem:
+        name = problem.rsplit(" ", 1)[-1]
+        return at, f"alias *{name.strip(chr(39))} refers to no anchor: define &{name.strip(chr(39))} before using it"
+    if "expected a single document" in context:
+        return at, "a spec is one YAML document, but a second one starts here ('---')"
+    where = f" ({context} at {_mark_text(source, start)})" if context and start else ""
+    return at, f"{problem}{where}"
+
+
+def _explain_flow(context: str, problem: str, start: yaml.Mark, end: yaml.Mark, source: str) -> tuple[Location, str]:
+    """A '[...]' or '{...}' that breaks: unclosed when it runs past its line, else a bad item inside."""
+    opener, closer = ("[", "]") if "sequence" in context else ("{", "}")
+    found = _found(problem)
+    if end.line > start.line or found == "the end of the file":
+        return _loc(source, start), (
+            f"this '{opener}' is never closed: found {found} at {_mark_text(source, end)} "
+            f"where ',' or '{closer}' was expected"
+        )
+    return _loc(source, end), (
+        f"unexpected {found} inside the '{opener}...{closer}' that opens at {_mark_text(source, start)}: "
+        f"separate items with ',' and quote values that contain ': '"
+    )
+
+
+def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: bool) -> str:
+    """Read a spec file as text, refusing what is not one (too big, binary, a device or /proc file)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        # stat before open: opening a FIFO or a device named *.yaml could block or never end
+        if base and (not stat.S_ISREG(os.stat(path).st_mode) or _is_special(path)):
+            raise spec_error(where, item, f"{shown} is not a regular file")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
-        raise spec_error(Location(shown), (), "file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise spec_error(Location(shown), (), f"cannot read: {exc}") from None
+        raise spec_error(where, item, f"file not found: {shown}" if base else "file not found") from None
+    except IsADirectoryError:
+        raise spec_error(where, item, f"{shown} is a directory, not a spec") from None
+    except OSError as exc:
+        raise spec_error(where, item, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise spec_error(where, item, f"{shown} is larger than {MAX_SPEC_BYTES // 1024} KiB: too big for a spec")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start].decode("utf-8", "replace")
+        spot = _position(before, shown, len(before))
+        raise spec_error(spot, (), "not UTF-8 text: is this a binary file?") from None
+
+
+def _is_special(path: FsPath) -> bool:
+    """Whether a path lies in a kernel file system (/proc, /sys, /dev), whose files are not data."""
+    parts = path.resolve().parts
+    return len(parts) > 1 and parts[1] in ("proc", "sys", "dev")
+
+
+def _read_mapping_file(path: FsPath, shown: str, where: Location | None = None, item: tuple = ()) -> tuple:
+    """Read one spec file, which must hold a non-empty mapping."""
+    text = _read_text(path, shown, where or Location(shown), item, base=where is not None)
     data, smap = parse_yaml(text, shown)
     if data is None:
         raise spec_error(Location(shown, 1, 1), (), "the spec is empty: expected a mapping with 'env' and 'model'")
@@ -174,17 +345,21 @@ def _merged_source_map(data: Any, over: SourceMap, base: SourceMap, path: tuple 
 def load_spec(path: str | FsPath, overrides: Sequence[str] = ()) -> LoadedSpec:
     """Read a spec file, resolve its ``extends`` chain and apply ``--set`` overrides."""
     shown = str(path)
+    if "\0" in shown:
+        raise spec_error(Location(repr(shown)), (), "a file name cannot contain a NUL character")
     data, smap, files = _load_with_extends(FsPath(path), shown, chain=())
     loaded = LoadedSpec(data, smap, shown, files)
     return apply_overrides(loaded, overrides)
 
 
-def _load_with_extends(path: FsPath, shown: str, chain: tuple) -> tuple[dict, SourceMap, list[str]]:
+def _load_with_extends(
+    path: FsPath, shown: str, chain: tuple, where: Location | None = None, item: tuple = ()
+) -> tuple[dict, SourceMap, list[str]]:
     real = path.resolve()
     if real in chain:
         names = " -> ".join(str(p) for p in (*chain, real))
         raise spec_error(Location(shown), ("extends",), f"extends cycle: {names}")
-    data, smap = _read_mapping_file(path, shown)
+    data, smap = _read_mapping_file(path, shown, where, item)
     files = [shown]
     extends = data.pop("extends", None)
     if extends is None:
@@ -195,17 +370,27 @@ def _load_with_extends(path: FsPath, shown: str, chain: tuple) -> tuple[dict, So
     merged: dict = {}
     merged_map = SourceMap()
     for i, base in enumerate(bases):
-        base_path = path.parent / base
         item_path = ("extends",) if isinstance(extends, str) else ("extends", i)
-        if not base_path.is_file():
-            raise spec_error(smap.locate(item_path), item_path, f"extends: file not found: {base_path}")
-        base_data, base_map, base_files = _load_with_extends(base_path, str(base_path), chain + (real,))
+        base_path = _base_path(path, base, smap.locate(item_path), item_path)
+        base_data, base_map, base_files = _load_with_extends(
+            base_path, str(base_path), chain + (real,), smap.locate(item_path), item_path
+        )
         new = deep_merge(merged, base_data)
         merged_map = _merged_source_map(new, base_map, merged_map)
         merged = new
         files += base_files
     new = deep_merge(merged, data)
     return new, _merged_source_map(new, smap, merged_map), files
+
+
+def _base_path(spec: FsPath, base: str, where: Location | None, item: tuple) -> FsPath:
+    """The file an ``extends`` entry names: a .yaml/.yml file (its link target too), never a special file."""
+    if "\0" in base:
+        raise spec_error(where, item, "a file name cannot contain a NUL character")
+    path = spec.parent / base
+    if not base.endswith(YAML_SUFFIXES) or (path.exists() and not str(path.resolve()).endswith(YAML_SUFFIXES)):
+        raise spec_error(where, item, f"{base} is not a YAML file: extends takes .yaml or .yml files only")
+    return path
 
 
 _PATH_PART = re.compile(r"([^.\[\]]+)|\[(-?\d+)\]")

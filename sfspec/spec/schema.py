@@ -300,3 +300,16 @@ def build_schema() -> dict:
             **{f"custom_{section}": _custom(section) for section in ("encoder", "core", "decoder")},
         },
     }
+
+
+_SECTIONS = {"env": _env_schema, "model": _model_schema, "train": train_schema, "export": _export_schema}
+
+
+def section_keys() -> dict[str, list[str]]:
+    """The keys of each top-level section (env, model, train, export), for hints about misplaced keys."""
+    return {name: list(make()["properties"]) for name, make in _SECTIONS.items()}
+
+
+def schema_default(section: str, key: str) -> Any:
+    """The schema's default for ``section.key`` (e.g. train.rollout), or None."""
+    return _SECTIONS[section]()["properties"][key].get("default")

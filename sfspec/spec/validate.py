@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
 
+from sfspec.compiler.budget import layer_count_issues
 from sfspec.compiler.registry import COMPONENT_REGISTRIES, LAYERS
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
 from sfspec.spec.loader import LoadedSpec, SourceMap
-from sfspec.spec.schema import build_schema
+from sfspec.spec.schema import build_schema, section_keys
 
 _TYPE_NAMES = {
     "object": "a mapping",
@@ -40,8 +42,14 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any) -> str:
+    """A short value for a message: one line of the file at most, never a block of it."""
+    if isinstance(value, str) and "\n" in value.strip():
+        return ""
     text = repr(value) if not isinstance(value, (dict, list)) else ""
     return f" {text}" if text and len(text) <= 40 else ""
+
+
+_NON_FINITE_WORDS = {"nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity", ".inf", "+.inf", "-.inf"}
 
 
 def validator() -> jsonschema.Draft202012Validator:
@@ -50,10 +58,60 @@ def validator() -> jsonschema.Draft202012Validator:
 
 
 def validate_spec(loaded: LoadedSpec) -> None:
-    """Raise a SpecError listing every schema violation in the spec, in file order."""
-    issues = schema_issues(loaded.data, loaded.source_map)
+    """Raise a SpecError listing every schema violation in the spec, in file order.
+
+    Beyond the schema: numbers must be finite and fit in 64 bits, and the model must not expand to
+    more layers than ``MAX_LAYERS`` (checked by arithmetic, before any ``repeat`` is expanded).
+    """
+    smap = loaded.source_map
+    issues = schema_issues(loaded.data, smap) + number_issues(loaded.data, smap)
+    if not issues:
+        issues = layer_count_issues(loaded.data, smap)
     if issues:
-        raise SpecError(issues)
+        raise SpecError(sorted(issues, key=_order))
+
+
+def _order(issue: SpecIssue) -> tuple:
+    loc = issue.location
+    return (loc.source if loc else "", (loc.line or 0) if loc else 0, (loc.col or 0) if loc else 0)
+
+
+INT64_MAX = 2**63 - 1
+# Sections whose numbers sfspec itself uses: NaN, infinity and integers past int64 are mistakes there.
+# env.kwargs go to the environment, which may give infinity a meaning (an unbounded limit): only NaN is refused.
+_STRICT_SECTIONS = ("train", "model", "export", "env")
+
+
+def number_issues(data: Any, smap: SourceMap) -> list[SpecIssue]:
+    """NaN anywhere; infinity and integers beyond 64 bits outside env.kwargs."""
+    issues: list[SpecIssue] = []
+    if not isinstance(data, dict):
+        return issues
+    for section in _STRICT_SECTIONS:
+        if section in data:
+            _walk_numbers(data[section], (section,), smap, issues)
+    return issues
+
+
+def _walk_numbers(value: Any, path: tuple, smap: SourceMap, issues: list[SpecIssue]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _walk_numbers(item, path + (key,), smap, issues)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _walk_numbers(item, path + (i,), smap, issues)
+    elif isinstance(value, float) and not math.isfinite(value):
+        free = path[:2] == ("env", "kwargs") and not math.isnan(value)
+        if not free:
+            what = "NaN" if math.isnan(value) else "infinity"
+            issues.append(SpecIssue(smap.locate(path), path, f"must be a finite number, got {what}"))
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        if path[:2] != ("env", "kwargs"):
+            issues.append(SpecIssue(smap.locate(path), path, f"{_magnitude(value)} does not fit in 64 bits"))
+
+
+def _magnitude(value: int) -> str:
+    return f"a {len(str(abs(value)))}-digit integer"
 
 
 def schema_issues(data: Any, smap: SourceMap) -> list[SpecIssue]:
@@ -64,11 +122,7 @@ def schema_issues(data: Any, smap: SourceMap) -> list[SpecIssue]:
             issue = SpecIssue(smap.locate(path, key=at_key), tuple(path), message)
             found.setdefault((issue.path, issue.message), issue)
 
-    def order(issue: SpecIssue) -> tuple:
-        loc = issue.location
-        return (loc.source if loc else "", (loc.line or 0) if loc else 0, (loc.col or 0) if loc else 0)
-
-    return sorted(found.values(), key=order)
+    return sorted(found.values(), key=_order)
 
 
 def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[tuple, str, bool]]:
@@ -84,14 +138,14 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[tuple, str, bo
         allowed = list(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
         for key in extra:
-            yield path + (key,), _unknown_key(key, allowed, schema), True
+            yield path + (key,), _unknown_key(key, allowed, schema, path), True
     elif kind == "propertyNames":
         yield from _explain_property_name(error, path)
     elif kind == "enum":
         yield path, _bad_enum(value, schema, path), False
     elif kind == "type":
         expected = schema.get("x-expected") or " or ".join(_TYPE_NAMES[t] for t in _as_list(schema["type"]))
-        yield path, f"expected {expected}, got {_kind(value)}{_show(value)}", False
+        yield path, f"expected {expected}, got {_kind(value)}{_show(value)}{_non_finite_hint(value, schema)}", False
     elif kind == "required":
         missing = [k for k in schema.get("required", []) if k not in value]
         for key in missing:
@@ -134,10 +188,18 @@ def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
-def _unknown_key(key: str, allowed: list[str], schema: dict) -> str:
+def _non_finite_hint(value: Any, schema: dict) -> str:
+    wants_number = "number" in _as_list(schema.get("type", []))
+    if wants_number and isinstance(value, str) and value.strip().lower() in _NON_FINITE_WORDS:
+        return " (settings must be finite numbers: NaN and infinity are not allowed)"
+    return ""
+
+
+def _unknown_key(key: str, allowed: list[str], schema: dict, path: tuple = ()) -> str:
     layer = schema.get("x-layer")
     what = f"unknown argument '{key}' for {layer}" if layer else f"unknown key '{key}'"
-    hint = did_you_mean(key, allowed)
+    hint = "" if layer else other_name_hint(key, path)
+    hint = hint or did_you_mean(key, allowed)
     if not hint and allowed:
         hint = f" (expected one of: {', '.join(allowed)})"
     return what + hint
@@ -221,3 +283,85 @@ def _explain_union(error: jsonschema.ValidationError) -> Iterator[tuple[tuple, s
     path = tuple(error.absolute_path)
     wanted = " or ".join(dict.fromkeys(expected)) or "another form"
     yield path, f"expected {wanted}, got {_kind(error.instance)}{_show(error.instance)}", False
+
+
+# ---------------------------------------------------------------- other tools' names for our keys
+
+_SIZE_NOT_COUNT = (
+    "sfspec's minibatches is how many minibatches split each rollout, not their size: "
+    "minibatches = rollout x num_envs / batch_size"
+)
+# Names from Stable-Baselines3, CleanRL, rsl_rl, rl_games and Sample Factory -> (our dotted path, note).
+OTHER_NAMES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(["learning_rate", "lr_rate", "actor_lr"], ("train.lr", "")),
+    **dict.fromkeys(
+        ["n_steps", "num_steps", "num_steps_per_env", "horizon_length", "rollout_length", "n_rollout_steps"],
+        ("train.rollout", "steps per environment per update"),
+    ),
+    **dict.fromkeys(
+        ["n_epochs", "num_epochs", "update_epochs", "num_learning_epochs", "learning_epochs", "mini_epochs",
+         "ppo_epochs", "noptepochs"],
+        ("train.epochs", ""),
+    ),
+    **dict.fromkeys(["batch_size", "minibatch_size", "mini_batch_size"], ("train.minibatches", _SIZE_NOT_COUNT)),
+    **dict.fromkeys(
+        ["num_minibatches", "num_mini_batches", "nminibatches", "num_batches_per_epoch", "n_minibatches"],
+        ("train.minibatches", ""),
+    ),
+    **dict.fromkeys(
+        ["total_timesteps", "total_steps", "num_timesteps", "train_for_env_steps", "max_steps", "timesteps"],
+        ("train.steps", "environment steps in total"),
+    ),
+    **dict.fromkeys(["max_iterations", "max_epochs"], ("train.steps", "sfspec counts environment steps")),
+    **dict.fromkeys(["ent_coef", "entropy_coeff", "ent_coeff", "exploration_loss_coeff"], ("train.entropy_coef", "")),
+    **dict.fromkeys(
+        ["vf_coef", "vf_coeff", "value_loss_coef", "value_loss_coeff", "critic_coef"], ("train.value_coef", "")
+    ),
+    **dict.fromkeys(
+        ["clip_range", "clip_param", "clip_coef", "e_clip", "ppo_clip_ratio", "clip_ratio", "cliprange"],
+        ("train.clip", ""),
+    ),
+    **dict.fromkeys(
+        ["clip_range_vf", "ppo_clip_value", "clip_vloss", "use_clipped_value_loss", "cliprange_vf"],
+        ("train.value_clip", "a number (null: unclipped)"),
+    ),
+    **dict.fromkeys(["lam", "lambda", "gae_lam", "tau"], ("train.gae_lambda", "")),
+    **dict.fromkeys(["grad_norm", "max_norm", "clip_grad_norm", "max_grad"], ("train.max_grad_norm", "")),
+    **dict.fromkeys(["discount", "discount_factor"], ("train.gamma", "")),
+    **dict.fromkeys(["kl_threshold"], ("train.desired_kl", "with lr_schedule: kl_adaptive")),
+    **dict.fromkeys(["schedule", "learning_rate_schedule"], ("train.lr_schedule", "")),
+    **dict.fromkeys(["anneal_lr"], ("train.lr_schedule", "write lr_schedule: linear")),
+    **dict.fromkeys(["normalize_advantage", "norm_adv", "normalize_adv"], ("train.normalize_advantages", "")),
+    **dict.fromkeys(["normalize_value", "normalize_values", "norm_returns"], ("train.normalize_returns", "")),
+    **dict.fromkeys(
+        ["normalize_input", "normalize_observations", "norm_obs", "obs_norm", "normalize_observation"],
+        ("model.normalize_obs", ""),
+    ),
+    **dict.fromkeys(["seq_length", "seq_len", "recurrence", "bptt_len"], ("train.bptt", "")),
+    **dict.fromkeys(["n_envs", "num_actors", "num_workers", "nenvs"], ("env.num_envs", "")),
+    **dict.fromkeys(["env_id", "env_name", "task", "environment", "env_type"], ("env.id", "")),
+    **dict.fromkeys(["env_kwargs", "env_config"], ("env.kwargs", "")),
+    **dict.fromkeys(["cuda", "use_cuda", "rl_device", "sim_device"], ("train.device", "")),
+    **dict.fromkeys(["save_freq", "save_interval"], ("train.checkpoint_interval", "in updates")),
+    **dict.fromkeys(
+        ["net_arch", "hidden_sizes", "hidden_dims", "policy_kwargs", "network", "units"],
+        ("model.encoder", "a layer list, e.g. '- mlp: [64, 64]'"),
+    ),
+}
+
+
+def other_name_hint(key: str, path: tuple) -> str:
+    """' (sfspec calls it ...)' for another tool's name, or where one of our keys belongs; else ''."""
+    if len(path) > 1:
+        return ""  # only the top level and its sections hold settings with other tools' names
+    here = path[0] if path else ""
+    target, note = OTHER_NAMES.get(str(key).lower(), ("", ""))
+    if not target:
+        homes = [s for s, keys in section_keys().items() if key in keys and s != here]
+        if len(homes) != 1:
+            return ""
+        where = f" in {here}" if here else " at the top level"
+        return f"{where} (it belongs in {homes[0]}: '{homes[0]}.{key}')"
+    section, name = target.split(".", 1)
+    shown = name if section == here else target
+    return f" (sfspec calls it '{shown}'{': ' + note if note else ''})"
