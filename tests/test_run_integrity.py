@@ -428,3 +428,18 @@ def test_ctrl_c_in_a_terminal_stops_async_env_training_cleanly(tmp_path):
     assert proc.returncode == 130, err
     assert "checkpoint saved" in err and "Traceback" not in err
     assert load_checkpoint(run)["update"] >= 1
+
+
+class _LongArm(_Faulty):
+    fault = ""
+
+
+register_tensor_env("robots/Long-v0", _LongArm)
+
+
+def test_a_plugin_tensor_env_outside_the_sfspec_namespace_validates_and_trains(cli, tmp_path):
+    spec = {"env": {"id": "robots/Long-v0", "num_envs": 2}, "model": {}, "train": {"rollout": 8, "steps": 32}}
+    path = write(tmp_path, spec)
+    assert cli("validate", path).code == 0
+    result = cli("train", path, "--run-dir", str(tmp_path / "run"), "--quiet")
+    assert result.code == 0, result.err

@@ -6,6 +6,7 @@ only accepts it when that module was loaded as a plugin (``--plugin module`` or 
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
@@ -15,13 +16,23 @@ from sfspec.spec.loader import SourceMap
 TENSOR_ENV_PREFIX = "sfspec/"
 
 
+def plugin_tensor_env_ids() -> list[str]:
+    """Ids of the tensor envs registered so far, without importing torch.
+
+    A plugin registers its tensor envs through ``sfspec.envs``, so when that package was never
+    imported no plugin registered one.
+    """
+    envs = sys.modules.get("sfspec.envs")
+    return sorted(envs.TENSOR_ENVS) if envs is not None else []
+
+
 def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
     """(observation space, action space) of one environment the spec describes."""
     env_id = env_cfg["id"]
     path = ("env", "id")
     if env_id in bundled_env_ids():
         return _guard(lambda: bundled_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
-    if env_id.startswith(TENSOR_ENV_PREFIX):  # a tensor env registered by a plugin
+    if env_id.startswith(TENSOR_ENV_PREFIX) or env_id in plugin_tensor_env_ids():  # registered by a plugin
         from sfspec.envs import TENSOR_ENVS, make_tensor_env
 
         if env_id not in TENSOR_ENVS:
