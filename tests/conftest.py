@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import subprocess
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,3 +48,55 @@ def write_spec(tmp_path):
         return str(path)
 
     return write
+
+
+# ---------------------------------------------------------------- artifacts built once per session
+# Tests that only need *a* trained run or *a* bundle share these (read-only: copy one before changing it).
+
+TINY_SPEC = """\
+env: {id: CartPole-v1, num_envs: 4}
+model: {encoder: [linear: 8, tanh]}
+train: {rollout: 32, steps: 1024, log_interval: 1}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A trained tiny CartPole run (8 updates, a metrics row each), shared by the whole session."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "spec.yaml").write_text(TINY_SPEC)
+    run = root / "run"
+    assert main(["train", str(root / "spec.yaml"), "--run-dir", str(run), "--quiet"]) == 0
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run) -> Path:
+    """``tiny_run`` exported in every format (ONNX, TorchScript, torch.export), shared by the whole session."""
+    bundle = tiny_run.parent / "bundle"
+    assert main(["export", str(tiny_run), "--out", str(bundle)]) == 0
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def cpp_replay_binary(request, tmp_path_factory) -> Path:
+    """examples/cpp/replay_golden built against this torch: once per session, and kept in pytest's cache
+    while its sources, build script and torch are unchanged (a fresh checkout, as in CI, builds it)."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler here")
+    import torch
+
+    cpp = ROOT / "examples" / "cpp"
+    digest = hashlib.sha256()
+    for part in (cpp / "build.sh", cpp / "replay_golden.cpp"):
+        digest.update(part.read_bytes())
+    digest.update(f"{torch.__version__} {torch.__file__} {os.environ.get('CXX', '')}".encode())
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    folder = Path(cache.mkdir("cpp_replay_golden")) if cache is not None else tmp_path_factory.mktemp("cpp")
+    binary = folder / f"replay_golden-{digest.hexdigest()[:16]}"
+    if not binary.exists():
+        partial = folder / f"{binary.name}.partial"
+        build = subprocess.run(["bash", str(cpp / "build.sh"), str(partial)], capture_output=True, text=True)
+        assert build.returncode == 0, build.stderr[-2000:]
+        partial.replace(binary)  # whole or absent: an interrupted build is never reused
+    return binary

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import warnings
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT
 
 from sfspec import pipeline
 from sfspec.export.bundle import Artifact
@@ -156,15 +154,9 @@ def test_deploy_policy_computes_what_the_model_computes(name):
             state = next_state
 
 
-def test_bundle_evaluates_in_the_environment_like_the_checkpoint(cli, write_spec, tmp_path):
-    spec = write_spec(
-        "env: {id: CartPole-v1, num_envs: 4}\nmodel: {encoder: [linear: 8, tanh]}\ntrain: {rollout: 32, steps: 1024}\n"
-    )
-    run = tmp_path / "run"
-    assert cli("train", spec, "--run-dir", str(run), "--quiet").code == 0
-    assert cli("export", str(run), "--formats", "onnx").code == 0
-    from_checkpoint = json.loads(cli("eval", str(run), "--episodes", "4", "--json").out)
-    from_bundle = json.loads(cli("eval", str(run / "bundle"), "--episodes", "4", "--json").out)
+def test_bundle_evaluates_in_the_environment_like_the_checkpoint(cli, tiny_run, tiny_bundle):
+    from_checkpoint = json.loads(cli("eval", str(tiny_run), "--episodes", "4", "--json").out)
+    from_bundle = json.loads(cli("eval", str(tiny_bundle), "--episodes", "4", "--json").out)
     assert from_bundle == from_checkpoint
 
 
@@ -190,14 +182,10 @@ def test_export_errors_are_clear(cli, write_spec, tmp_path):
     assert missing.code == 1 and "no checkpoint here" in missing.err
 
 
-@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler here")
-def test_cpp_libtorch_program_replays_the_golden_inputs(cli, write_spec, tmp_path):
+@pytest.mark.slow  # the C++ build (cached between runs by cpp_replay_binary)
+def test_cpp_libtorch_program_replays_the_golden_inputs(cli, write_spec, tmp_path, cpp_replay_binary):
     """examples/cpp builds against the torch wheel's LibTorch and reproduces the bundle's outputs."""
-    binary = tmp_path / "replay_golden"
-    build = subprocess.run(
-        ["bash", str(ROOT / "examples" / "cpp" / "build.sh"), str(binary)], capture_output=True, text=True
-    )
-    assert build.returncode == 0, build.stderr[-2000:]
+    binary = cpp_replay_binary
     spec = write_spec("env: {id: Pendulum-v1}\nmodel: {normalize_obs: true, core: [lstm: {hidden: 6, layers: 2}]}\n")
     bundle = tmp_path / "bundle"
     assert cli("export", spec, "--out", str(bundle), "--formats", "torchscript").code == 0

@@ -224,6 +224,7 @@ def _wait_for(path: Path, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # two training processes (each importing torch) per case
 @pytest.mark.parametrize("how", ["sigint", "sigkill"])
 def test_interrupt_and_kill_keep_a_checkpoint_that_resumes(tmp_path, how):
     spec = {**CARTPOLE, "train": {**CARTPOLE["train"], "steps": 2_000_000, "checkpoint_interval": 1}}
@@ -247,18 +248,17 @@ def test_interrupt_and_kill_keep_a_checkpoint_that_resumes(tmp_path, how):
     assert load_checkpoint(run)["update"] == saved["update"] + 1
 
 
-def test_environment_error_stops_with_a_message_and_keeps_the_checkpoint(tmp_path):
+def test_environment_error_stops_with_a_message_and_keeps_the_checkpoint(tmp_path, cli):
     spec = {
         "env": {"id": "SpaceTest/Raises-v0", "num_envs": 1, "kwargs": {"after": 40}},
         "model": {},
         "train": {"rollout": 16, "checkpoint_interval": 1, "steps": 1000},
     }
     run = tmp_path / "run"
-    proc = sfspec_process("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1
-    assert "SpaceTest/Raises-v0: step raised RuntimeError: simulator exploded (at step 32)" in err
-    assert "Traceback" not in err
+    result = cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")  # in-process: no torch import
+    assert result.code == 1
+    assert "SpaceTest/Raises-v0: step raised RuntimeError: simulator exploded (at step 32)" in result.err
+    assert "Traceback" not in result.err
     assert load_checkpoint(run)["update"] == 2  # the last good one
 
 
@@ -306,10 +306,8 @@ def test_recurrent_training_with_truncated_bptt(cli, tmp_path):
     assert bad.code == 1 and "train.bptt (5) must divide train.rollout (16)" in bad.err
 
 
-def test_plot_writes_a_png(cli, tmp_path):
-    run = tmp_path / "run"
-    spec = {**CARTPOLE, "train": {**CARTPOLE["train"], "steps": 4096, "log_interval": 1}}
-    assert cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
+def test_plot_writes_a_png(cli, tmp_path, tiny_run):
+    run = tiny_run  # the session's shared run: plotting only reads it
     out = tmp_path / "curves.png"
     result = cli("plot", str(run), str(run), "--out", str(out))
     assert result.code == 0
