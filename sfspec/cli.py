@@ -318,6 +318,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--formats: unknown format '{unknown[0]}'; choose from {', '.join(FORMATS)}")
     batch = args.batch or export_cfg.get("batch", "dynamic")
     if batch != "dynamic":
+        if not str(batch).isdigit() or int(batch) < 1:
+            raise UsageError(f"--batch: '{batch}' is neither 'dynamic' nor a positive batch size")
         batch = int(batch)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     report = export_bundle(
@@ -332,23 +334,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     worst = ", ".join(f"{k} {v:.2g}" for k, v in report.worst.items())
     print(f"bundle: {out} ({', '.join(report.files)}); parity worst abs error: {worst}")
+    for fmt, ties in report.near_ties.items():
+        if ties:  # legitimate float32 differences, but a user deploying the policy should know of them
+            print(f"note: {fmt}: {len(ties)} discrete near-ties (not failures); first: {ties[0]}")
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Replay a bundle's golden inputs through every artifact; report errors and latency."""
-    from sfspec.export.bundle import check_bundle
+    """Verify a bundle's files, replay its golden inputs through its artifacts; report errors and latency."""
+    from sfspec.export.check import check_bundle
 
-    report = check_bundle(args.bundle)
+    report = check_bundle(args.bundle, trust=args.trust)
+    status = 0 if all(r.get("mismatches", 0) == 0 for r in report.values()) else 1
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        for fmt, r in report.items():
-            print(
-                f"{fmt:12} worst error {r['worst_abs_error']:.3g}  mismatches {r['mismatches']}  "
-                f"batch-1 latency median {r['latency_median_ms']:.3f} ms, p99 {r['latency_p99_ms']:.3f} ms"
-            )
-    return 0 if all(r["mismatches"] == 0 for r in report.values()) else 1
+        return status
+    for fmt, r in report.items():
+        if "skipped" in r:
+            print(f"{fmt:12} skipped: {r['skipped']}")
+            continue
+        latency = "n/a" if r["latency_median_ms"] is None else f"{r['latency_median_ms']:.3f} ms"
+        p99 = "n/a" if r["latency_p99_ms"] is None else f"{r['latency_p99_ms']:.3f} ms"
+        print(
+            f"{fmt:12} worst error {r['worst_abs_error']:.3g}  mismatches {r['mismatches']}  "
+            f"near-ties {r['near_ties']}  batch-1 latency median {latency}, p99 {p99}"
+        )
+        for key in ("first_mismatch", "first_near_tie"):
+            if key in r:
+                print(f"{'':12} {key.replace('_', ' ')}: {r[key]}")
+    return status
 
 
 class UsageError(Exception):
@@ -413,7 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help=COMMANDS["export"][1], description=COMMANDS["export"][1])
     p.add_argument("source", metavar="RUN|CHECKPOINT|SPEC")
-    p.add_argument("--out", metavar="DIR", help="bundle directory (default: RUN/bundle or <spec>-bundle)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="bundle directory (default: RUN/bundle or <spec>-bundle); an earlier bundle there is replaced "
+        "only once the new one has passed the parity gate",
+    )
     p.add_argument("--formats", help="comma-separated: onnx,torchscript,pt2 (default: the spec's export.formats)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
     p.add_argument("--batch", help="dynamic (default) or a fixed batch size")
@@ -424,6 +443,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help=COMMANDS["check"][1], description=COMMANDS["check"][1])
     p.add_argument("bundle", metavar="BUNDLE")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="also load and run policy.pt (TorchScript) and policy.pt2 (torch.export): they are programs, "
+        "so only for bundles whose author you trust (checksums are verified either way)",
+    )
     _add_common(p, overrides=False)
     return parser
 

@@ -10,6 +10,8 @@ part, then the next state (``h_out``, ``c_out``) and, if asked, the value.
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +93,13 @@ class DeployPolicy(nn.Module):
         )
         actor_width = getattr(model, "actor_state_size", 0)
         self.actor_slot_count = sum(s.start < actor_width for s in self.slots)
+        self.compute_dtype: torch.dtype | None = None  # set on the float64 reference copy only
+
+    def float64_copy(self) -> DeployPolicy:
+        """A float64 copy: the reference the parity gate measures float32 rounding against."""
+        reference = copy.deepcopy(self).double()
+        reference.compute_dtype = torch.float64
+        return reference
 
     @property
     def input_names(self) -> list[str]:
@@ -109,21 +118,59 @@ class DeployPolicy(nn.Module):
         return actions + [f"{s.name}_out" for s in self.slots] + (["value"] if self.with_value else [])
 
     def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n_obs = len(self.obs_keys)
-        obs = {k: inputs[i] for i, k in enumerate(self.obs_keys)}
-        batch = inputs[0].shape[0]
-        states = self._reset_states(inputs[n_obs:], batch)
-        normalized = self.model.preprocessor(obs)
-        if self.direct:
-            params, new_states, value = self._direct(normalized, states)
-        else:
-            params, new_states, value = self._through_flat_state(normalized, states, batch, inputs[0])
-        mask = self.model._mask(obs)
+        params, mask, new_states, value, batch = self._decide(inputs)
         env_actions = self.head.to_env(self.head.distribution(params, mask).mode())
         outputs = self._split_actions(env_actions, batch) + new_states
         if self.with_value:
             outputs.append(value)
         return tuple(outputs)
+
+    def outputs_and_margins(self, *inputs: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], list]:
+        """``forward``'s outputs and, per output, each discrete action's decision margin (None elsewhere).
+
+        The margin is how far the chosen logit is above the runner-up (or a Bernoulli logit from 0):
+        a margin within float32 rounding noise is a near-tie, where artifacts may legitimately differ.
+        """
+        params, mask, new_states, value, batch = self._decide(inputs)
+        env_actions = self.head.to_env(self.head.distribution(params, mask).mode())
+        outputs = self._split_actions(env_actions, batch) + new_states + ([value] if self.with_value else [])
+        margins = self._margins(params, mask, batch)
+        return tuple(outputs), margins + [None] * (len(outputs) - len(margins))
+
+    def _decide(self, inputs: tuple) -> tuple:
+        """(action parameters, action mask, next states, value, batch) for positional inputs."""
+        n_obs = len(self.obs_keys)
+        obs = {k: inputs[i] for i, k in enumerate(self.obs_keys)}
+        batch = inputs[0].shape[0]
+        states = self._reset_states(inputs[n_obs:], batch)
+        normalized = self.model.preprocessor(obs)
+        if self.compute_dtype is not None:  # the preprocessor casts to float32; the reference continues in float64
+            normalized = {k: v.to(self.compute_dtype) for k, v in normalized.items()}
+        if self.direct:
+            params, new_states, value = self._direct(normalized, states)
+        else:
+            params, new_states, value = self._through_flat_state(normalized, states, batch, inputs[0])
+        return params, self.model._mask(obs), new_states, value, batch
+
+    def _margins(self, params: torch.Tensor, mask: torch.Tensor | None, batch: int) -> list:
+        """Per action part: the decision margin of every discrete value (batch, *shape), None for Gaussians."""
+        out, p_start, m_start = [], 0, 0
+        for part, size, (kind, _, shape) in zip(self.head.layout.parts, self.head.param_sizes, self.parts):
+            p = params[:, p_start : p_start + size]
+            p_start += size
+            if kind == "gaussian":
+                out.append(None)
+                continue
+            if kind == "bernoulli":
+                out.append(p.abs().reshape(batch, *shape))
+                continue
+            width = sum(part.categories)
+            if mask is not None:  # masked choices are out of the running, not runners-up
+                p = p.masked_fill(mask[:, m_start : m_start + width] < 0.5, -math.inf)
+            m_start += width
+            gaps = [_top2_gap(lg) for lg in torch.split(p, list(part.categories), dim=1)]
+            out.append(torch.stack(gaps, dim=1).reshape(batch, *shape))
+        return out
 
     def _reset_states(self, state_inputs: tuple, batch: int) -> list[torch.Tensor]:
         """The (batch, layers, hidden) state inputs with the rows flagged by ``reset`` zeroed."""
@@ -169,10 +216,20 @@ class DeployPolicy(nn.Module):
         """One tensor per action part, shaped and typed like the space's samples (batched)."""
         out, start = [], 0
         for kind, size, shape in self.parts:
-            part = actions if size == actions.shape[1] else actions[:, start : start + size]
+            # static: one part takes the whole flat action (no shape test in traced graphs)
+            part = actions if len(self.parts) == 1 else actions[:, start : start + size]
             start += size
             if kind == "gaussian":
                 out.append(part if shape == (size,) else part.reshape(batch, *shape))
             else:  # discrete values travel as floats inside the model; exact integers here
                 out.append(part.round().to(torch.int64).reshape(batch, *shape))
         return out
+
+
+def _top2_gap(logits: torch.Tensor) -> torch.Tensor:
+    """Best minus second-best logit per row; inf when only one choice is allowed, 0 when none is."""
+    if logits.shape[1] < 2:
+        return torch.full(logits.shape[:1], math.inf, dtype=logits.dtype)
+    top = torch.topk(logits, 2, dim=1).values
+    gap = top[:, 0] - top[:, 1]
+    return torch.nan_to_num(gap, nan=0.0, posinf=math.inf)

@@ -1,69 +1,74 @@
 """Run a policy bundle in a robot node: load it, ``reset()`` at mission start, ``act(obs)`` each tick.
 
 The runner holds the recurrent state itself, so a controller never needs to know its layout.
-Backends: onnxruntime (``"onnx"``) or TorchScript (``"torchscript"``); neither needs sfspec's
-compiler or the spec's environment.
+Backends: onnxruntime (``"onnx"``, the default: an ONNX model is data, not code) or TorchScript
+(``"torchscript"``: a program; choosing it means trusting whoever made the bundle). Neither needs
+sfspec's compiler or the spec's environment. The artifact's size and SHA-256 are checked against
+``policy.json`` before it is loaded, and ``act`` refuses observations that do not match the
+bundle's layout exactly (``validate=False`` skips those checks where every microsecond counts).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sfspec.export.artifact import load_artifact
+from sfspec.export.errors import BundleError, ObservationError
+from sfspec.export.integrity import read_manifest, screen_artifact, verified_bytes
+
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "int8": np.int8, "uint8": np.uint8}
+BACKENDS = ("onnx", "torchscript")
 
 
 class PolicyRunner:
     """A loaded bundle with its own memory; ``act`` maps raw observations to env actions."""
 
-    def __init__(self, bundle: str | Path, backend: str = "onnx", batch: int = 1, threads: int = 1):
+    def __init__(
+        self, bundle: str | Path, backend: str = "onnx", batch: int = 1, threads: int = 1, validate: bool = True
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be 'onnx' or 'torchscript', not {backend!r}")
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"batch must be a positive integer, not {batch!r}")
         self.bundle = Path(bundle)
-        self.meta = json.loads((self.bundle / "policy.json").read_text())
-        self.backend = backend
-        self.batch = batch
-        self.inputs = self.meta["inputs"]
-        self.outputs = self.meta["outputs"]
-        self.obs = self.meta["observations"]
-        self.state = self.meta["state"]
-        path = self.bundle / self.meta["files"][backend]
-        if backend == "onnx":
-            import onnxruntime as ort
-
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = threads
-            self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        elif backend == "torchscript":
+        self.meta = read_manifest(self.bundle)
+        if self.meta["batch"] != "dynamic" and self.meta["batch"] != batch:
+            raise ValueError(f"{self.bundle} was exported for batch {self.meta['batch']}, not {batch}")
+        name = self.meta["files"].get(backend)
+        if name is None:
+            raise BundleError(f"{self.bundle} has no {backend} file (it holds {', '.join(self.meta['files'])})")
+        self.backend, self.batch, self.validate = backend, batch, validate
+        self.inputs, self.outputs = self.meta["inputs"], self.meta["outputs"]
+        self.obs, self.state = self.meta["observations"], self.meta["state"]
+        data = verified_bytes(self.bundle, self.meta, name)
+        screen_artifact(backend, data, self.meta, name)
+        if backend == "torchscript":
             import torch
 
             torch.set_num_threads(threads)
-            self._module = torch.jit.load(str(path))
-        else:
-            raise ValueError(f"backend must be 'onnx' or 'torchscript', not {backend!r}")
+        self._artifact = load_artifact(backend, name, data, self.inputs, threads)
         self.reset()
 
     def reset(self, rows: list[int] | None = None) -> None:
         """Zero the memory of every row (mission start), or of the given rows only."""
         if rows is None:
             self._states = [np.zeros([self.batch, *s["shape"][1:]], dtype=np.float32) for s in self.state]
-        else:
-            for s in self._states:
-                s[rows] = 0.0
+            return
+        picked = np.asarray(rows)
+        if picked.dtype.kind not in "iu" or picked.ndim != 1 or ((picked < 0) | (picked >= self.batch)).any():
+            raise ValueError(f"reset rows must be row indices in [0, {self.batch}), not {rows!r}")
+        for s in self._states:
+            s[picked] = 0.0
 
     def act(self, obs: Any) -> Any:
         """Actions for one observation batch: a dict (or, for a single input, an array) of raw values."""
-        if not isinstance(obs, dict):
-            obs = {self.obs[0]["name"]: obs}
-        feed = [
-            np.asarray(obs[o["name"]], dtype=_NUMPY_DTYPES[o["dtype"]]).reshape(self.batch, *o["shape"])
-            for o in self.obs
-        ]
-        if self.state:
-            feed += self._states + [np.zeros(self.batch, dtype=np.float32)]
-        out = self.run(feed)
+        out = self.run(self._feed(obs) + (self._states + [np.zeros(self.batch, np.float32)] if self.state else []))
         n_actions = len(self.meta["actions"])
+        if self.validate:
+            self._check_outputs(out)
         if self.state:
             self._states = [np.asarray(s) for s in out[n_actions : n_actions + len(self.state)]]
         actions = out[:n_actions]
@@ -73,10 +78,51 @@ class PolicyRunner:
 
     def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
         """One call of the exported graph on positional inputs (as named in ``policy.json``)."""
-        if self.backend == "onnx":
-            return self._session.run(None, dict(zip(self.inputs, inputs)))
-        import torch
+        return self._artifact(inputs)
 
-        with torch.no_grad():
-            out = self._module(*[torch.from_numpy(np.ascontiguousarray(x)) for x in inputs])
-        return [o.numpy() for o in out]
+    def _feed(self, obs: Any) -> list[np.ndarray]:
+        """The observation inputs, in order, after the checks ``validate`` asks for."""
+        names = [o["name"] for o in self.obs]
+        if not isinstance(obs, dict):
+            if len(names) != 1:
+                raise ObservationError(f"this policy takes {len(names)} observations ({', '.join(names)}); pass a dict")
+            obs = {names[0]: obs}
+        if self.validate and set(obs) != set(names):
+            extra, missing = sorted(set(obs) - set(names), key=str), sorted(set(names) - set(obs))
+            problem = f"unexpected keys {extra}" if extra else ""
+            problem += ("; " if extra and missing else "") + (f"missing keys {missing}" if missing else "")
+            raise ObservationError(f"observations: {problem} (expected exactly {names})")
+        if not self.validate:
+            return [
+                np.asarray(obs[o["name"]], dtype=_NUMPY_DTYPES[o["dtype"]]).reshape(self.batch, *o["shape"])
+                for o in self.obs
+            ]
+        return [self._checked(o, obs[o["name"]]) for o in self.obs]
+
+    def _checked(self, spec: dict, value: Any) -> np.ndarray:
+        """One observation as the graph's dtype and (batch, *shape), or ObservationError saying why not."""
+        name, want, shape = spec["name"], np.dtype(_NUMPY_DTYPES[spec["dtype"]]), tuple(spec["shape"])
+        array = np.asarray(value)
+        kinds = "fiu" if want.kind == "f" else ("iub" if spec.get("kind") == "multi_binary" else "iu")
+        if array.dtype.kind not in kinds:
+            kind = spec.get("kind", "box")
+            raise ObservationError(f"observation '{name}': {array.dtype} values; it takes {want} ({kind})")
+        if self.batch == 1 and array.shape == shape:
+            array = array[None]
+        if array.shape != (self.batch, *shape):
+            alone = f" or {shape}" if self.batch == 1 else ""
+            raise ObservationError(f"observation '{name}': shape {array.shape}; expected {(self.batch, *shape)}{alone}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise ObservationError(f"observation '{name}': non-finite value {array[where]} at index {where}")
+        if array.dtype.kind in "iu" and array.size:
+            info = np.iinfo(want)
+            if array.min() < info.min or array.max() > info.max:
+                raise ObservationError(f"observation '{name}': values outside {want}'s range [{info.min}, {info.max}]")
+        return array.astype(want, copy=False)
+
+    def _check_outputs(self, out: list[np.ndarray]) -> None:
+        for name, value in zip(self.outputs, out):
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise BundleError(f"{self.bundle}: the policy's output '{name}' is not finite (NaN or inf)")
