@@ -404,7 +404,10 @@ def parse_dotted_path(text: str) -> tuple:
         between = text[pos : match.start()]
         if between not in ("", "."):
             raise ValueError(f"cannot parse path '{text}'")
-        parts.append(match.group(1) if match.group(1) is not None else int(match.group(2)))
+        index = match.group(2)
+        if index is not None and len(index) > 18:  # beyond any list, and int() refuses 4300+ digits
+            raise ValueError(f"index {index[:18]}... is too large")
+        parts.append(match.group(1) if match.group(1) is not None else int(index))
         pos = match.end()
     if pos != len(text) or not parts or not isinstance(parts[0], str):
         raise ValueError(f"cannot parse path '{text}'")
@@ -424,6 +427,9 @@ def apply_overrides(loaded: LoadedSpec, overrides: Sequence[str]) -> LoadedSpec:
             path = parse_dotted_path(raw_path.strip())
         except ValueError as exc:
             issues.append(SpecIssue(where, (), str(exc)))
+            continue
+        if len(path) > MAX_DEPTH:
+            issues.append(SpecIssue(where, path[:3], f"the path is more than {MAX_DEPTH} levels deep"))
             continue
         try:
             value, _ = parse_yaml(raw_value, f"--set {text}") if raw_value.strip() else (None, None)
