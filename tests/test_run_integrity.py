@@ -443,3 +443,14 @@ def test_a_plugin_tensor_env_outside_the_sfspec_namespace_validates_and_trains(c
     assert cli("validate", path).code == 0
     result = cli("train", path, "--run-dir", str(tmp_path / "run"), "--quiet")
     assert result.code == 0, result.err
+
+
+def test_env_kwargs_that_make_an_enormous_space_are_a_spec_error(cli, write_spec):
+    path = write_spec(
+        """
+        env: {id: sfspec/PixelGoal-v0, kwargs: {grid: 1000000, cell: 100}}
+        model: {encoder: [flatten]}
+        """
+    )
+    result = cli("validate", path)
+    assert result.code == 2 and "does not fit in memory" in result.err and ":1:" in result.err

@@ -74,6 +74,11 @@ def check_env_module(env_id: str, smap: SourceMap) -> None:
         )
 
 
+def env_cfg_has_kwargs(smap: SourceMap) -> bool:
+    """Whether the spec wrote ``env.kwargs`` (so an error can point at them)."""
+    return ("env", "kwargs") in smap.values
+
+
 def _guard(make, env_id: str, smap: SourceMap):
     """Run an environment constructor, turning its failure into a positioned spec error."""
     import gymnasium as gym
@@ -87,6 +92,10 @@ def _guard(make, env_id: str, smap: SourceMap):
             known = list(gym.registry)
             message = f"unknown environment '{env_id}'{did_you_mean(env_id, known)}: {exc}"
         raise SpecError(SpecIssue(smap.locate(path), path, message)) from None
+    except MemoryError:  # env.kwargs that make its spaces enormous (a 10**6-cell grid)
+        kw_path = ("env", "kwargs") if env_cfg_has_kwargs(smap) else path
+        message = f"cannot make '{env_id}': its observation or action space does not fit in memory"
+        raise SpecError(SpecIssue(smap.locate(kw_path), kw_path, message)) from None
     except TypeError as exc:  # usually an unexpected keyword in env.kwargs
         kw_path = ("env", "kwargs")
         raise SpecError(SpecIssue(smap.locate(kw_path), kw_path, f"cannot make '{env_id}': {exc}")) from None
