@@ -350,6 +350,9 @@ def _check_target(out_dir: Path) -> None:
 def _make_staging(out_dir: Path) -> Path:
     """A fresh directory beside the target, with the mode a plain mkdir would give."""
     parent = out_dir.absolute().parent
+    for folder in (parent, *parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ExportError(f"cannot write the bundle {out_dir}: {folder} is not a directory")
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=parent))
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700

@@ -84,7 +84,8 @@ def _read_file(bundle: Path, name: str, expected: int | None) -> bytes:
             raise BundleError(f"{path}: not a regular file")
         if expected is not None and info.st_size != expected:
             raise BundleError(
-                f"{path}: {info.st_size} bytes, but policy.json records {expected} (truncated, damaged or replaced)"
+                f"{path}: does not match policy.json's record ({info.st_size} bytes, recorded {expected}): "
+                "the file was truncated, altered, or comes from another export"
             )
         limit = _MAX_MANIFEST_BYTES if expected is None else expected
         data = f.read(limit + 1)
@@ -170,8 +171,8 @@ def verified_bytes(bundle: str | Path, meta: dict, name: str) -> bytes:
     data = _read_file(Path(bundle), bare_name(name, "file"), entry["bytes"])
     if sha256_hex(data) != entry["sha256"]:
         raise BundleError(
-            f"{Path(bundle) / name}: SHA-256 differs from policy.json's record "
-            "(the file was altered, damaged, or comes from another export)"
+            f"{Path(bundle) / name}: does not match policy.json's record (SHA-256 differs): "
+            "the file was altered, damaged, or comes from another export"
         )
     return data
 
