@@ -63,9 +63,10 @@ class Reference:
 
     def __init__(self, policy: DeployPolicy, probe: list[np.ndarray]):
         self.policy = policy
-        self.float64: DeployPolicy | None = policy.float64_copy()
+        self.float64: DeployPolicy | None = None
         self.description = "float64 eager PyTorch"
         try:
+            self.float64 = policy.float64_copy()
             with torch.no_grad():
                 self.float64.outputs_and_margins(*_as_tensors(probe, float64=True))
         except Exception as exc:  # a custom layer fixed to float32: fall back to the fixed floor
