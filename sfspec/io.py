@@ -12,6 +12,13 @@ from typing import IO
 
 def current_umask() -> int:
     """The process's file-mode creation mask (read without leaving it changed)."""
+    try:  # Linux: read it without setting it (setting it briefly would race with other threads)
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
