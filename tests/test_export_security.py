@@ -481,6 +481,18 @@ def test_export_into_an_unwritable_place_is_a_clear_error(cli, tiny_run, tmp_pat
     assert result.code == 1 and "cannot write the bundle" in result.err and _no_traceback(result), result
 
 
+def test_export_refused_by_the_file_system_is_a_clear_error(cli, tiny_run, tmp_path, monkeypatch):
+    """A read-only mount refuses the bundle's new directory (as root too, whom directory modes do not stop)."""
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    result = cli("export", str(tiny_run), "--out", str(tmp_path / "bundle"), "--formats", "onnx")
+    assert result.code == 1 and "Read-only file system" in result.err and _no_traceback(result), result
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
 def test_export_into_a_read_only_directory_is_a_clear_error(cli, tiny_run, tmp_path):
     locked = tmp_path / "locked"
