@@ -291,25 +291,34 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a run, a checkpoint or a bare spec as a policy bundle."""
-    from pathlib import Path
+    """Export runs, checkpoints or bare specs as policy bundles (each run into its own RUN/bundle)."""
+    if len(args.sources) > 1 and args.out:
+        raise UsageError(
+            f"--out names one bundle, but {len(args.sources)} sources were given ({', '.join(args.sources)}): "
+            "export one at a time, or leave out --out to write each run's bundle into RUN/bundle"
+        )
+    for source in args.sources:
+        _export_one(Path(source), args)
+    return 0
 
+
+def _export_one(source: Path, args: argparse.Namespace) -> None:
+    """Export one run, checkpoint or bare spec; print where the bundle went and how well it matched."""
     import torch
 
     from sfspec import pipeline
     from sfspec.export.bundle import FORMATS, export_bundle
     from sfspec.runtime.train import seed_everything
 
-    source = Path(args.source)
     if source.suffix in (".yaml", ".yml"):
         loaded = pipeline.load(source, args.overrides)
         seed_everything(loaded.data.get("train", {}).get("seed", 0))
         model = pipeline.compile_spec(loaded)  # freshly initialised: for testing a deployment pipeline
         out = Path(args.out or f"{source.stem}-bundle")
     else:
-        loaded, checkpoint = _load_run_spec(args.source, args.overrides)
+        loaded, checkpoint = _load_run_spec(str(source), args.overrides)
         model = pipeline.compile_spec(loaded)
-        model.load_state_dict(checkpoint["model"])
+        _load_weights(model, checkpoint, str(source))
         out = Path(args.out or ((source if source.is_dir() else source.parent) / "bundle"))
     export_cfg = loaded.data.get("export", {})
     formats = args.formats.split(",") if args.formats else export_cfg.get("formats", list(FORMATS))
@@ -337,7 +346,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     for fmt, ties in report.near_ties.items():
         if ties:  # legitimate float32 differences, but a user deploying the policy should know of them
             print(f"note: {fmt}: {len(ties)} discrete near-ties (not failures); first: {ties[0]}")
-    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -426,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p, overrides=False)
 
     p = sub.add_parser("export", help=COMMANDS["export"][1], description=COMMANDS["export"][1])
-    p.add_argument("source", metavar="RUN|CHECKPOINT|SPEC")
+    p.add_argument("sources", nargs="+", metavar="RUN|CHECKPOINT|SPEC", help="one or more; each run into RUN/bundle")
     p.add_argument(
         "--out",
         metavar="DIR",

@@ -454,3 +454,14 @@ def test_env_kwargs_that_make_an_enormous_space_are_a_spec_error(cli, write_spec
     )
     result = cli("validate", path)
     assert result.code == 2 and "does not fit in memory" in result.err and ":1:" in result.err
+
+
+def test_export_takes_several_runs_each_into_its_own_bundle(cli, tmp_path):
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run in runs:
+        assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+    refused = cli("export", *map(str, runs), "--out", str(tmp_path / "one"), "--formats", "onnx")
+    assert refused.code == 2 and f"2 sources were given ({runs[0]}, {runs[1]})" in refused.err
+    result = cli("export", *map(str, runs), "--formats", "onnx")
+    assert result.code == 0, result.err
+    assert all((run / "bundle" / "policy.onnx").is_file() for run in runs)
