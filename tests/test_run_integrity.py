@@ -364,6 +364,7 @@ def _wait_for(path: Path, timeout: float = 60.0) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_at_an_update_boundary_and_resumes_exactly(cli, tmp_path):
     spec = with_train(steps=BATCH * 1_000_000, log_interval=1_000_000, checkpoint_interval=1)
     run = tmp_path / "run"
@@ -406,6 +407,7 @@ def test_plot_names_a_damaged_metrics_line(cli, tmp_path):
     assert result.code == 2 and "metrics.jsonl: line 2 is not JSON" in result.err and "Traceback" not in result.err
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_async_env_training_cleanly(tmp_path):
     """A terminal sends SIGINT to the whole process group, the environment workers included."""
     spec = {
