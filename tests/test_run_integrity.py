@@ -19,8 +19,9 @@ from gymnasium import spaces
 from sfspec.envs import TensorEnv, register_tensor_env
 from sfspec.runtime import logger as logger_module
 from sfspec.runtime.checkpoint import load_checkpoint, save_checkpoint
+from sfspec.runtime.ppo import check_finite
 from sfspec.runtime.rundir import locked_run_dir, parse_metrics
-from sfspec.runtime.train import TrainingError, _check_finite, train
+from sfspec.runtime.train import TrainingError, train
 
 TESTS = Path(__file__).resolve().parent
 
@@ -351,7 +352,7 @@ def test_a_non_finite_loss_from_finite_data_blames_the_loss():
     rollout = Rollout.allocate(4, {"obs": torch.zeros(2, 3)}, 1, 0, "cpu")
     flags = torch.zeros(2)
     with pytest.raises(TrainingError, match=r"the loss became nan at step 16 of X-v0; try a lower train\.lr"):
-        _check_finite(torch.tensor(float("nan")), flags, rollout, "X-v0", 1, 8)
+        check_finite(torch.tensor(float("nan")), flags, rollout, "X-v0", 1, 8)
 
 
 # ---------------------------------------------------------------- stops at an update boundary

@@ -2,7 +2,10 @@
 
 Everything per environment step stays on the device: rollout storage, episode statistics, the
 return normaliser. With a tensor environment a rollout makes no host synchronisation; numbers
-are read back once per log interval.
+are read back once per update (the loss and the finiteness flags, together).
+
+``PPO`` at the end ties the steps together as the runner's ``Algorithm``: it owns the optimiser,
+the rollout storage, the return normaliser and the carry-over between rollouts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from torch import nn
 
 from sfspec.compiler.model import ActorCritic, RunningMeanStd
 from sfspec.runtime.config import TrainConfig
+from sfspec.runtime.errors import TrainingError
 from sfspec.runtime.vec_env import ObsDict, Step
 
 
@@ -351,3 +355,119 @@ def scheduled_lr(cfg: TrainConfig, update: int, total_updates: int) -> float | N
 def num_updates(cfg: TrainConfig, num_envs: int) -> int:
     """Updates needed to reach ``cfg.steps`` environment steps."""
     return math.ceil(cfg.steps / (cfg.rollout * num_envs))
+
+
+def finite_flags(rollout: Rollout) -> torch.Tensor:
+    """One flag per float observation key, then the rewards: 1 where the rollout holds a non-finite value."""
+    parts = [rollout.obs[k] for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()] + [rollout.rewards]
+    return torch.stack([(~torch.isfinite(p)).any() for p in parts]).to(torch.float32)
+
+
+_KEPT = "training stopped, the last checkpoint is kept"
+
+
+def check_finite(loss: torch.Tensor, flags: torch.Tensor, rollout: Rollout, env_id: str, update: int, steps: int):
+    """Stop on non-finite data, naming its source: the environment's observations or rewards, else the loss."""
+    values = torch.cat([loss.detach().float().reshape(1), flags.to(loss.device)]).tolist()
+    keys = [k for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()]
+    where = f"steps {update * steps}-{(update + 1) * steps}"
+    for key, bad in zip(keys, values[1:]):
+        if bad:
+            raise TrainingError(f"{env_id} returned a non-finite observation '{key}' (in {where}); {_KEPT}")
+    if values[-1]:
+        raise TrainingError(f"{env_id} returned a non-finite reward (in {where}); {_KEPT}")
+    if not math.isfinite(values[0]):
+        raise TrainingError(
+            f"the loss became {values[0]} at step {(update + 1) * steps} "
+            f"of {env_id}; try a lower train.lr or train.max_grad_norm"
+        )
+
+
+def make_optimizer(model: ActorCritic, lr: float) -> torch.optim.Optimizer:
+    """Adam with its fused kernel (one call for all parameters, CPU and CUDA alike)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-5, fused=True)
+
+
+_CARRIED = ("state", "done", "episode_return", "episode_length", "discounted_return")
+
+
+class PPO:
+    """PPO for one batched environment: ``iteration`` collects a rollout and updates the model once."""
+
+    def __init__(self, model: ActorCritic, env, train: dict, device: torch.device):
+        cfg = TrainConfig.from_spec({"train": train})
+        if cfg.bptt is not None and model.state_size and cfg.rollout % cfg.bptt:
+            raise TrainingError(f"train.bptt ({cfg.bptt}) must divide train.rollout ({cfg.rollout})")
+        self.model, self.cfg, self.device, self.env_id = model, cfg, device, env.env_id
+        self.num_envs, self.on_device = env.num_envs, env.on_device
+        self.masked = getattr(env, "next_step_reset", False)
+        self.optimizer = make_optimizer(model, cfg.lr)
+        self.return_norm = ReturnNormalizer().to(device) if cfg.normalize_returns else None
+        self.steps_per_iteration = cfg.rollout * env.num_envs
+        self.total_iterations = num_updates(cfg, env.num_envs)
+        self.carry: Carry | None = None
+        self.rollout: Rollout | None = None
+
+    def start(self, obs: ObsDict) -> None:
+        """Fresh carry-over and rollout storage shaped after the first observations."""
+        self.carry = Carry.start(obs, self.model, self.num_envs, self.device)
+        self.rollout = Rollout.allocate(
+            self.cfg.rollout,
+            obs,
+            self.model.layout.size,
+            self.model.state_size,
+            self.device,
+            batched_bootstrap=self.on_device,
+            masked=self.masked,
+        )
+
+    def iteration(self, env, index: int) -> dict[str, torch.Tensor]:
+        """One rollout and one update (several epochs of minibatches); statistics as device tensors."""
+        cfg, model, carry, rollout = self.cfg, self.model, self.carry, self.rollout
+        lr = scheduled_lr(cfg, index, self.total_iterations)
+        if lr is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        collect_rollout(model, env, carry, rollout, cfg, self.return_norm)
+        finite = finite_flags(rollout)  # read back with the loss: no extra host synchronisation
+        with torch.no_grad():
+            next_value = model.values(carry.obs, carry.state * (1.0 - carry.done).unsqueeze(-1))
+        stats = ppo_update(model, self.optimizer, rollout, next_value, cfg)
+        check_finite(stats["loss"], finite, rollout, self.env_id, index, self.steps_per_iteration)
+        model.preprocessor.update({k: v.flatten(0, 1) for k, v in rollout.obs.items()})
+        return stats
+
+    def episode_stats(self) -> tuple[float | None, float | None, int]:
+        """Mean return and length of the episodes finished since the last call."""
+        return self.carry.take_episode_stats()
+
+    def learning_rate(self) -> float:
+        """The optimiser's current learning rate."""
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        """Optimiser, return normaliser and the carry-over (episode statistics since the last log included)."""
+        carry = self.carry
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "return_norm": self.return_norm.state_dict() if self.return_norm is not None else None,
+            "carry": {
+                "obs": carry.obs,
+                **{key: getattr(carry, key) for key in _CARRIED},
+                "finished": torch.stack([carry.finished_return, carry.finished_length, carry.finished_count]),
+            },
+        }
+
+    def load_state_dict(self, state: dict, exact: bool) -> None:
+        """Restore a checkpoint; with ``exact`` (a restored tensor env) the rollout continues where it stopped."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.return_norm is not None and state.get("return_norm") is not None:
+            self.return_norm.load_state_dict(state["return_norm"])
+        saved, carry = state["carry"], self.carry
+        if exact:
+            carry.obs = {k: v.to(self.device) for k, v in saved["obs"].items()}
+            for key in _CARRIED:
+                setattr(carry, key, saved[key].to(self.device))
+        if "finished" in saved:
+            finished = saved["finished"].to(self.device).unbind()
+            carry.finished_return, carry.finished_length, carry.finished_count = finished

@@ -1,8 +1,11 @@
-"""``sfspec train``: a run directory, the PPO loop, checkpoints, and clean stops on faults."""
+"""``sfspec train``: the runner. It owns the run directory, the loop, logging, checkpoints, signals and resume.
+
+What one iteration does (collect experience, update the model) belongs to the algorithm the spec
+names (``train.algorithm``, PPO by default: sfspec/runtime/ppo.py); the runner only drives it.
+"""
 
 from __future__ import annotations
 
-import math
 import random
 import signal
 import threading
@@ -20,17 +23,16 @@ import yaml
 from sfspec.compiler.build import compile_model
 from sfspec.compiler.model import ActorCritic
 from sfspec.io import atomic_write_text
+from sfspec.runtime.algorithm import Algorithm, make_algorithm
 from sfspec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from sfspec.runtime.config import TrainConfig
+from sfspec.runtime.config import RunnerConfig
+from sfspec.runtime.errors import TrainingError
 from sfspec.runtime.logger import RunLogger
-from sfspec.runtime.ppo import Carry, ReturnNormalizer, Rollout, collect_rollout, num_updates, ppo_update, scheduled_lr
 from sfspec.runtime.rundir import locked_run_dir, refuse_existing_run, truncate_metrics
 from sfspec.runtime.vec_env import EnvStepError, make_env
 from sfspec.spec.loader import SourceMap
 
-
-class TrainingError(Exception):
-    """Training stopped on a fault (an environment error, a non-finite loss); the last checkpoint is kept."""
+__all__ = ["TrainResult", "TrainingError", "build_for_spec", "default_run_dir", "resolve_device", "train"]
 
 
 @dataclass
@@ -69,11 +71,6 @@ def build_for_spec(spec: dict, env, device: torch.device, smap: SourceMap | None
     """The model a spec describes, for this env's spaces, on ``device``."""
     model = compile_model(spec, env.observation_space, env.action_space, smap, spec["env"]["id"])
     return model.to(device)
-
-
-def make_optimizer(model: ActorCritic, lr: float) -> torch.optim.Optimizer:
-    """Adam with its fused kernel (one call for all parameters, CPU and CUDA alike)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-5, fused=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -127,200 +124,143 @@ def train(
     on_log: Callable[[dict, ActorCritic], bool] | None = None,
     spec_path: str | None = None,
 ) -> TrainResult:
-    """Train the spec's model with PPO in ``run_dir`` (continuing its checkpoint if ``resume``).
+    """Train the spec's model in ``run_dir`` (continuing its checkpoint if ``resume``).
 
     The run directory is locked for the life of the run. A fresh run refuses a directory that
     already holds one (or ``spec_path`` itself); ``resume`` without a checkpoint starts the run over.
     ``on_log(metrics, model)`` runs at every log interval, outside the timed training; returning
     True ends the run there (benchmarks use it to stop once a policy is solved).
     """
-    cfg = TrainConfig.from_spec(spec)
+    cfg = RunnerConfig.from_spec(spec)
     device = resolve_device(device_name or cfg.device)
     with locked_run_dir(run_dir):
-        checkpoint = None
-        if resume and (run_dir / CHECKPOINT_NAME).exists():
-            checkpoint = load_checkpoint(run_dir, device)
-        elif not resume:
-            refuse_existing_run(run_dir, spec_path)
-        truncate_metrics(run_dir, checkpoint["global_step"] if checkpoint is not None else 0)
-        if checkpoint is None:
-            atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
-        elif checkpoint.get("threads") and checkpoint["threads"] != torch.get_num_threads():
-            torch.set_num_threads(checkpoint["threads"])  # results are exact only at the run's thread count
+        checkpoint = _open_run_dir(run_dir, spec, resume, spec_path, device)
         seed_everything(cfg.seed)
         env = make_env(spec["env"], cfg.seed, device)
         try:
-            return _run(spec, cfg, env, device, run_dir, quiet, checkpoint, smap, spec_name, on_log)
+            runner = Runner(spec, cfg, env, device, run_dir, smap, checkpoint)
+            return runner.run(RunLogger(run_dir, runner.total * runner.batch, runner.step, quiet, spec_name), on_log)
         finally:
             env.close()
 
 
-def _run(
-    spec, cfg: TrainConfig, env, device, run_dir: Path, quiet: bool, checkpoint, smap, spec_name, on_log
-) -> TrainResult:
-    model = build_for_spec(spec, env, device, smap)
-    if cfg.compile:
-        model.compile()  # torch.compile of the network's forward; the first updates pay the compilation
-    optimizer = make_optimizer(model, cfg.lr)
-    return_norm = ReturnNormalizer().to(device) if cfg.normalize_returns else None
-    if cfg.bptt is not None and model.state_size and cfg.rollout % cfg.bptt:
-        raise TrainingError(f"train.bptt ({cfg.bptt}) must divide train.rollout ({cfg.rollout})")
-    total_updates = num_updates(cfg, env.num_envs)
-    batch_steps = cfg.rollout * env.num_envs
+def _open_run_dir(run_dir: Path, spec: dict, resume: bool, spec_path: str | None, device) -> dict | None:
+    """The checkpoint to continue from (None for a fresh run); metrics cut back to it, the spec written."""
+    checkpoint = None
+    if resume and (run_dir / CHECKPOINT_NAME).exists():
+        checkpoint = load_checkpoint(run_dir, device)
+    elif not resume:
+        refuse_existing_run(run_dir, spec_path)
+    truncate_metrics(run_dir, checkpoint["global_step"] if checkpoint is not None else 0)
+    if checkpoint is None:
+        atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
+    elif checkpoint.get("threads") and checkpoint["threads"] != torch.get_num_threads():
+        torch.set_num_threads(checkpoint["threads"])  # results are exact only at the run's thread count
+    return checkpoint
 
-    update, elapsed = 0, 0.0
-    obs = env.reset(seed=cfg.seed)
-    carry = Carry.start(obs, model, env.num_envs, device)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if return_norm is not None and checkpoint.get("return_norm") is not None:
-            return_norm.load_state_dict(checkpoint["return_norm"])
-        update, elapsed = checkpoint["update"], checkpoint["elapsed"]
-        _set_rng_state(checkpoint["rng"])
-        carry = _restore_carry(checkpoint, env, model, device, cfg, update)
 
-    rollout = Rollout.allocate(
-        cfg.rollout,
-        carry.obs,
-        model.layout.size,
-        model.state_size,
-        device,
-        batched_bootstrap=env.on_device,
-        masked=getattr(env, "next_step_reset", False),
-    )
-    logger = RunLogger(run_dir, total_updates * batch_steps, update * batch_steps, quiet, spec_name)
-    started = time.perf_counter()
+class Runner:
+    """Drives an algorithm over its budget: logs, checkpoints, stops cleanly; the algorithm does the learning."""
 
-    def save(finished: bool = False) -> None:
+    def __init__(self, spec: dict, cfg: RunnerConfig, env, device, run_dir: Path, smap, checkpoint: dict | None):
+        self.spec, self.cfg, self.env, self.run_dir = spec, cfg, env, run_dir
+        self.model = build_for_spec(spec, env, device, smap)
+        if cfg.compile:
+            self.model.compile()  # torch.compile of the network's forward; the first updates pay the compilation
+        self.algorithm: Algorithm = make_algorithm(self.model, env, spec.get("train", {}), device)
+        self.total, self.batch = self.algorithm.total_iterations, self.algorithm.steps_per_iteration
+        self.update, self.elapsed = 0, 0.0
+        obs = env.reset(seed=cfg.seed)
+        if checkpoint is not None:
+            self.model.load_state_dict(checkpoint["model"])
+            self.update, self.elapsed = checkpoint["update"], checkpoint["elapsed"]
+            _set_rng_state(checkpoint["rng"])
+            exact = env.on_device and checkpoint.get("env") is not None
+            if exact:  # a tensor env continues exactly where it stopped
+                env.restore(checkpoint["env"])
+            else:  # gymnasium envs cannot be snapshotted: new episodes, new seeds
+                obs = env.reset(seed=cfg.seed + 1_000_003 * self.update)
+            self.algorithm.start(obs)
+            self.algorithm.load_state_dict(checkpoint, exact)
+        else:
+            self.algorithm.start(obs)
+        self.started = time.perf_counter()
+
+    @property
+    def step(self) -> int:
+        """Environment steps taken so far."""
+        return self.update * self.batch
+
+    def run(self, logger: RunLogger, on_log: Callable[[dict, ActorCritic], bool] | None = None) -> TrainResult:
+        """Iterate until the budget is spent, the user stops the run, or ``on_log`` says so."""
+        self.logger, self.interval = logger, (self.started, self.step)
+        interrupted = False
+        try:
+            with _StopSignals() as stop:
+                while self.update < self.total:
+                    try:
+                        stats = self.algorithm.iteration(self.env, self.update)
+                    except EnvStepError as exc:
+                        raise TrainingError(f"{exc} (at step {self.step})") from exc
+                    self.update += 1
+                    if self.update % self.cfg.log_interval == 0 or self.update == self.total:
+                        if self._log(stats, on_log):
+                            self.save(finished=True)
+                            break
+                    if self.update % self.cfg.checkpoint_interval == 0 or self.update == self.total:
+                        self.save(finished=self.update == self.total)
+                    elif stop.requested:
+                        self.save()
+                    if stop.requested and self.update < self.total:
+                        interrupted = True
+                        break
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, keeping the last checkpoint
+            interrupted = True
+        finally:
+            self.logger.close()
+        return TrainResult(self.run_dir, self.step, self.update, interrupted)
+
+    def _log(self, stats: dict[str, torch.Tensor], on_log) -> bool:
+        """Write one metrics line; True if ``on_log`` asks to stop. Time spent in ``on_log`` is not counted."""
+        now = time.perf_counter()
+        ret, length, episodes = self.algorithm.episode_stats()
+        start, start_step = self.interval
+        metrics = {
+            "step": self.step,
+            "update": self.update,
+            "time": round(self.elapsed + now - self.started, 3),
+            "sps": (self.step - start_step) / max(now - start, 1e-9),
+            "return_mean": ret,
+            "length_mean": length,
+            "episodes": episodes,
+            "lr": self.algorithm.learning_rate(),
+            **{k: float(v) for k, v in stats.items()},
+        }
+        self.logger.log(metrics)
+        self.interval = (now, self.step)
+        if on_log is None:
+            return False
+        paused = time.perf_counter()
+        stop = on_log(metrics, self.model)
+        paused = time.perf_counter() - paused
+        self.started += paused
+        self.interval = (self.interval[0] + paused, self.step)
+        return bool(stop)
+
+    def save(self, finished: bool = False) -> None:
+        """An atomic checkpoint of everything needed to continue exactly from this update."""
         save_checkpoint(
-            run_dir / CHECKPOINT_NAME,
+            self.run_dir / CHECKPOINT_NAME,
             {
-                "spec": spec,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "return_norm": return_norm.state_dict() if return_norm is not None else None,
-                "update": update,
-                "global_step": update * batch_steps,
-                "elapsed": elapsed + time.perf_counter() - started,
+                "spec": self.spec,
+                "model": self.model.state_dict(),
+                **self.algorithm.state_dict(),
+                "update": self.update,
+                "global_step": self.step,
+                "elapsed": self.elapsed + time.perf_counter() - self.started,
                 "rng": _rng_state(),
-                "carry": _carry_state(carry),
-                "env": env.snapshot() if env.on_device else None,
+                "env": self.env.snapshot() if self.env.on_device else None,
                 "finished": finished,
                 "threads": torch.get_num_threads(),
             },
         )
-
-    interval_start, interval_step = started, update * batch_steps
-    interrupted = False
-    try:
-        with _StopSignals() as stop:
-            while update < total_updates:
-                lr = scheduled_lr(cfg, update, total_updates)
-                if lr is not None:
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                try:
-                    collect_rollout(model, env, carry, rollout, cfg, return_norm)
-                except EnvStepError as exc:
-                    raise TrainingError(f"{exc} (at step {update * batch_steps})") from exc
-                finite = finite_flags(rollout)  # read back with the loss: no extra host synchronisation
-                with torch.no_grad():
-                    next_value = model.values(carry.obs, carry.state * (1.0 - carry.done).unsqueeze(-1))
-                stats = ppo_update(model, optimizer, rollout, next_value, cfg)
-                _check_finite(stats["loss"], finite, rollout, spec["env"]["id"], update, batch_steps)
-                model.preprocessor.update({k: v.flatten(0, 1) for k, v in rollout.obs.items()})
-                update += 1
-                if update % cfg.log_interval == 0 or update == total_updates:
-                    now = time.perf_counter()
-                    ret, length, episodes = carry.take_episode_stats()
-                    step = update * batch_steps
-                    metrics = {
-                        "step": step,
-                        "update": update,
-                        "time": round(elapsed + now - started, 3),
-                        "sps": (step - interval_step) / max(now - interval_start, 1e-9),
-                        "return_mean": ret,
-                        "length_mean": length,
-                        "episodes": episodes,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        **{k: float(v) for k, v in stats.items()},
-                    }
-                    logger.log(metrics)
-                    interval_start, interval_step = now, step
-                    if on_log is not None:
-                        paused = time.perf_counter()
-                        stop_here = on_log(metrics, model)
-                        paused = time.perf_counter() - paused
-                        started, interval_start = started + paused, interval_start + paused
-                        if stop_here:
-                            save(finished=True)
-                            break
-                if update % cfg.checkpoint_interval == 0 or update == total_updates:
-                    save(finished=update == total_updates)
-                elif stop.requested:
-                    save()
-                if stop.requested and update < total_updates:
-                    interrupted = True
-                    break
-    except KeyboardInterrupt:  # a second Ctrl-C: stop now, keeping the last checkpoint
-        interrupted = True
-    finally:
-        logger.close()
-    return TrainResult(run_dir, update * batch_steps, update, interrupted)
-
-
-_KEPT = "training stopped, the last checkpoint is kept"
-
-
-def finite_flags(rollout: Rollout) -> torch.Tensor:
-    """One flag per float observation key, then the rewards: 1 where the rollout holds a non-finite value."""
-    parts = [rollout.obs[k] for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()] + [rollout.rewards]
-    return torch.stack([(~torch.isfinite(p)).any() for p in parts]).to(torch.float32)
-
-
-def _check_finite(loss: torch.Tensor, flags: torch.Tensor, rollout: Rollout, env_id: str, update: int, steps: int):
-    """Stop on non-finite data, naming its source: the environment's observations or rewards, else the loss."""
-    values = torch.cat([loss.detach().float().reshape(1), flags.to(loss.device)]).tolist()
-    keys = [k for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()]
-    where = f"steps {update * steps}-{(update + 1) * steps}"
-    for key, bad in zip(keys, values[1:]):
-        if bad:
-            raise TrainingError(f"{env_id} returned a non-finite observation '{key}' (in {where}); {_KEPT}")
-    if values[-1]:
-        raise TrainingError(f"{env_id} returned a non-finite reward (in {where}); {_KEPT}")
-    if not math.isfinite(values[0]):
-        raise TrainingError(
-            f"the loss became {values[0]} at step {(update + 1) * steps} "
-            f"of {env_id}; try a lower train.lr or train.max_grad_norm"
-        )
-
-
-def _carry_state(carry: Carry) -> dict[str, Any]:
-    return {
-        "obs": carry.obs,
-        "state": carry.state,
-        "done": carry.done,
-        "episode_return": carry.episode_return,
-        "episode_length": carry.episode_length,
-        "discounted_return": carry.discounted_return,
-        # Episodes finished since the last log line, so an interval that spans a resume counts them.
-        "finished": torch.stack([carry.finished_return, carry.finished_length, carry.finished_count]),
-    }
-
-
-def _restore_carry(checkpoint: dict, env, model: ActorCritic, device, cfg: TrainConfig, update: int) -> Carry:
-    """Continue exactly where a tensor env stopped; gymnasium envs start fresh episodes."""
-    saved = checkpoint["carry"]
-    if env.on_device and checkpoint.get("env") is not None:
-        env.restore(checkpoint["env"])
-        carry = Carry.start(saved["obs"], model, env.num_envs, device)
-        for key in ("state", "done", "episode_return", "episode_length", "discounted_return"):
-            setattr(carry, key, saved[key].to(device))
-        carry.obs = {k: v.to(device) for k, v in saved["obs"].items()}
-    else:
-        obs = env.reset(seed=cfg.seed + 1_000_003 * update)  # new episodes, new seeds
-        carry = Carry.start(obs, model, env.num_envs, device)
-    if "finished" in saved:
-        carry.finished_return, carry.finished_length, carry.finished_count = saved["finished"].to(device).unbind()
-    return carry

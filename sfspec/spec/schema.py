@@ -204,51 +204,49 @@ def _env_schema() -> dict:
 
 
 def train_schema() -> dict:
-    """The ``train:`` section's schema (also the source of the runtime's defaults)."""
-    return _obj(
-        {
-            "steps": {**POSITIVE_INT, "default": 1_000_000, "description": "environment steps in total"},
-            "seed": {"type": "integer", "minimum": 0, "default": 0},
-            "device": {"type": "string", "pattern": r"^(auto|cpu|cuda(:\d+)?|mps)$", "default": "auto"},
-            "rollout": {**POSITIVE_INT, "default": 128, "description": "steps per environment per update"},
-            "epochs": {**POSITIVE_INT, "default": 4},
-            "minibatches": {**POSITIVE_INT, "default": 4},
-            "lr": {"type": "number", "exclusiveMinimum": 0, "default": 3e-4},
-            "lr_schedule": {"enum": ["constant", "linear", "kl_adaptive"], "default": "constant"},
-            "desired_kl": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-            "gamma": {**PROBABILITY, "default": 0.99},
-            "gae_lambda": {**PROBABILITY, "default": 0.95},
-            "clip": {"type": "number", "exclusiveMinimum": 0, "default": 0.2},
-            "value_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
-            "entropy_coef": {"type": "number", "minimum": 0, "default": 0.0},
-            "value_coef": {"type": "number", "minimum": 0, "default": 0.5},
-            "max_grad_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": 0.5},
-            "normalize_advantages": {"type": "boolean", "default": True},
-            "normalize_returns": {"type": "boolean", "default": False},
-            "target_kl": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
-            "bptt": {
-                "type": ["integer", "null"],
-                "minimum": 1,
-                "default": None,
-                "description": "recurrent cores: sequence length for truncated backprop (default: rollout)",
-            },
-            "log_interval": {**POSITIVE_INT, "default": 1, "description": "updates between log lines"},
-            "checkpoint_interval": {**POSITIVE_INT, "default": 50, "description": "updates between checkpoints"},
-            "compile": {"type": "boolean", "default": False},
-            "amp": {"type": "boolean", "default": False},
-        },
-        description="PPO settings",
-    )
+    """The ``train:`` section's schema: the runner's keys and every registered algorithm's.
+
+    Each algorithm brings its own fragment (as layers do). A key of one algorithm is refused under
+    another; the keys' schemas and defaults are the registered ones (the runtime reads its defaults
+    from the same fragments).
+    """
+    from sfspec.runtime.algorithm import ALGORITHMS
+    from sfspec.runtime.config import RUNNER_PARAMS
+
+    entries = [ALGORITHMS.get(name) for name in ALGORITHMS.names()]
+    properties = {**RUNNER_PARAMS, "algorithm": {**RUNNER_PARAMS["algorithm"], "enum": ALGORITHMS.names()}}
+    for entry in sorted(entries, key=lambda e: e.name != "ppo"):  # the default algorithm's definitions first
+        for key, prop in entry.params.items():
+            properties.setdefault(key, prop)
+    branches = []
+    for entry in entries:
+        chosen: dict = {"properties": {"algorithm": {"const": entry.name}}}
+        if entry.name != RUNNER_PARAMS["algorithm"]["default"]:
+            chosen["required"] = ["algorithm"]
+        others = {k for e in entries if e is not entry for k in e.params} - set(entry.params)
+        refused = {k: {"not": {}, "x-algorithm": entry.name, "x-owners": _owners(k, entries)} for k in sorted(others)}
+        branches.append({"if": chosen, "then": {"properties": {**entry.params, **refused}}})
+    schema = _obj(properties, description="training: the runner's settings and the algorithm's")
+    if branches:
+        schema["allOf"] = branches
+    return schema
+
+
+def _owners(key: str, entries: list) -> str:
+    return " and ".join(f"'{e.name}'" for e in entries if key in e.params)
 
 
 def _export_schema() -> dict:
+    """The ``export:`` section's schema; the formats are the registered ones (sfspec.export.formats, torch-free)."""
+    from sfspec.export.formats import EXPORT_FORMATS
+
     return _obj(
         {
             "formats": {
                 "type": "array",
-                "items": {"enum": ["onnx", "torchscript", "pt2"]},
+                "items": {"enum": EXPORT_FORMATS.names()},
                 "uniqueItems": True,
-                "default": ["onnx", "torchscript", "pt2"],
+                "default": EXPORT_FORMATS.default_names(),
             },
             "opset": {"type": "integer", "minimum": 7, "default": 18},
             "batch": {"oneOf": [{"const": "dynamic"}, POSITIVE_INT], "default": "dynamic"},

@@ -152,6 +152,9 @@ def _explain(error: jsonschema.ValidationError) -> Iterator[tuple[tuple, str, bo
             if did_you_mean(key, value):
                 continue  # a misspelt key is reported as unknown, with this one suggested
             yield path, f"missing required key '{key}'", False
+    elif kind == "not" and "x-algorithm" in schema:
+        owners, chosen = schema["x-owners"], schema["x-algorithm"]
+        yield path, f"'{path[-1]}' is a setting of train.algorithm {owners}, not of '{chosen}'", True
     elif kind in ("not", "false") or (kind == "not" and schema.get("x-expected")):
         yield path, f"expected {schema.get('x-expected', 'something else')}", False
     elif kind == "maxProperties" and "x-expected" in schema:
