@@ -11,16 +11,15 @@ import pytest
 import torch
 
 from sfspec.envs import (
-    TENSOR_ENVS,
     CartPoleEnv,
     TensorEnv,
+    catalogue,
     is_tensor_env,
     make_tensor_env,
     register_tensor_env,
 )
-from sfspec.spec.bundled_envs import GYMNASIUM_TWINS
 
-ENV_IDS = sorted(GYMNASIUM_TWINS)  # the envs that reproduce a gymnasium env
+ENV_IDS = sorted(catalogue.gymnasium_twins())  # the envs that reproduce a gymnasium env
 N = 8  # environments per batch in the parity runs
 ATOL = 1e-5
 
@@ -366,6 +365,6 @@ def test_register_custom_env() -> None:
         assert isinstance(env, LongCartPole) and env.max_episode_steps == 1000
         assert is_tensor_env("test/LongCartPole-v0")
     finally:
-        del TENSOR_ENVS[LongCartPole.env_id]
+        catalogue.remove(LongCartPole.env_id)
     with pytest.raises(TypeError):
         register_tensor_env("test/NotAnEnv-v0", dict)  # type: ignore[arg-type]

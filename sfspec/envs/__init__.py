@@ -1,24 +1,21 @@
-"""Bundled batched-tensor environments (Isaac-Gym style) and their registry.
+"""Batched tensor environments (Isaac-Gym style): the bundled ones, and the registry plugins add to.
 
 >>> env = make_tensor_env("sfspec/CartPole-v1", num_envs=4096, seed=0)
 >>> obs, _ = env.reset()
 >>> obs, reward, terminated, truncated, info = env.step(torch.randint(0, 2, (4096,)))
 
-Nothing else in ``sfspec`` imports this package; it pulls in torch.
+Importing this package does not import torch: the torch-free catalogue (``sfspec.envs.catalogue``)
+is what validation reads; the environment classes and ``make_tensor_env`` load on first use.
 """
 
 from __future__ import annotations
 
-import difflib
+import importlib
+from typing import Any
 
-import torch
-
-from sfspec.envs.base import TensorEnv
-from sfspec.envs.classic import AcrobotEnv, CartPoleEnv, MountainCarContinuousEnv, PendulumEnv
-from sfspec.envs.tasks import MemoryEnv, PixelGoalEnv, ReachEnv
+from sfspec.envs.catalogue import is_tensor_env
 
 __all__ = [
-    "TENSOR_ENVS",
     "AcrobotEnv",
     "CartPoleEnv",
     "MemoryEnv",
@@ -32,37 +29,21 @@ __all__ = [
     "register_tensor_env",
 ]
 
-TENSOR_ENVS: dict[str, type[TensorEnv]] = {
-    cls.env_id: cls
-    for cls in (CartPoleEnv, PendulumEnv, AcrobotEnv, MountainCarContinuousEnv, MemoryEnv, PixelGoalEnv, ReachEnv)
+_LAZY = {
+    "TensorEnv": "sfspec.envs.base",
+    "CartPoleEnv": "sfspec.envs.classic",
+    "PendulumEnv": "sfspec.envs.classic",
+    "AcrobotEnv": "sfspec.envs.classic",
+    "MountainCarContinuousEnv": "sfspec.envs.classic",
+    "MemoryEnv": "sfspec.envs.tasks",
+    "PixelGoalEnv": "sfspec.envs.tasks",
+    "ReachEnv": "sfspec.envs.tasks",
+    "make_tensor_env": "sfspec.envs.factory",
+    "register_tensor_env": "sfspec.envs.factory",
 }
 
 
-def register_tensor_env(env_id: str, cls: type[TensorEnv]) -> None:
-    """Make ``cls`` available to ``make_tensor_env`` under ``env_id`` (replacing any previous entry)."""
-    if not (isinstance(cls, type) and issubclass(cls, TensorEnv)):
-        raise TypeError(f"{cls!r} is not a TensorEnv subclass")
-    TENSOR_ENVS[env_id] = cls
-
-
-def is_tensor_env(env_id: str) -> bool:
-    """Whether ``env_id`` names a registered tensor environment."""
-    return env_id in TENSOR_ENVS
-
-
-def make_tensor_env(
-    env_id: str,
-    num_envs: int,
-    device: str | torch.device = "cpu",
-    seed: int | None = None,
-    **kwargs,
-) -> TensorEnv:
-    """Build ``num_envs`` copies of the registered env ``env_id``; ``kwargs`` go to its constructor."""
-    try:
-        cls = TENSOR_ENVS[env_id]
-    except KeyError:
-        close = difflib.get_close_matches(env_id, list(TENSOR_ENVS), n=1, cutoff=0.5)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        known = ", ".join(sorted(TENSOR_ENVS))
-        raise KeyError(f"unknown tensor env '{env_id}'{hint}; known: {known}") from None
-    return cls(num_envs, device=device, seed=seed, **kwargs)
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'sfspec.envs' has no attribute '{name}'")
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -7,7 +7,7 @@ import math
 import torch
 
 from sfspec.envs.base import TensorEnv
-from sfspec.spec.bundled_envs import memory_spaces, pixel_spaces, reach_spaces
+from sfspec.envs.catalogue import memory_spaces, pixel_spaces, reach_spaces
 
 
 class MemoryEnv(TensorEnv):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from sfspec.compiler.spaces import ActionLayout, env_actions, flatten_space
+from sfspec.envs import catalogue
 
 ObsDict = dict[str, torch.Tensor]
 
@@ -220,9 +221,9 @@ def _workers_ignore_ctrl_c(active: bool) -> Iterator[None]:
 def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter | GymVectorAdapter:
     """The batched environment a spec's ``env`` section describes."""
     env_id, num_envs, kwargs = env_cfg["id"], int(env_cfg.get("num_envs", 8)), dict(env_cfg.get("kwargs", {}))
-    from sfspec.envs import is_tensor_env, make_tensor_env
+    if catalogue.is_tensor_env(env_id):  # bundled or registered by a plugin, whatever its namespace
+        from sfspec.envs.factory import make_tensor_env
 
-    if is_tensor_env(env_id):  # bundled or registered by a plugin, whatever its namespace
         return TensorEnvAdapter(make_tensor_env(env_id, num_envs, device=device, seed=seed, **kwargs), env_id, device)
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode

@@ -6,43 +6,25 @@ only accepts it when that module was loaded as a plugin (``--plugin module`` or 
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
+from sfspec.envs import catalogue
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
-from sfspec.spec.bundled_envs import bundled_env_ids, bundled_spaces
 from sfspec.spec.loader import SourceMap
 
 TENSOR_ENV_PREFIX = "sfspec/"
-
-
-def plugin_tensor_env_ids() -> list[str]:
-    """Ids of the tensor envs registered so far, without importing torch.
-
-    A plugin registers its tensor envs through ``sfspec.envs``, so when that package was never
-    imported no plugin registered one.
-    """
-    envs = sys.modules.get("sfspec.envs")
-    return sorted(envs.TENSOR_ENVS) if envs is not None else []
 
 
 def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
     """(observation space, action space) of one environment the spec describes."""
     env_id = env_cfg["id"]
     path = ("env", "id")
-    if env_id in bundled_env_ids():
-        return _guard(lambda: bundled_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
-    if env_id.startswith(TENSOR_ENV_PREFIX) or env_id in plugin_tensor_env_ids():  # registered by a plugin
-        from sfspec.envs import TENSOR_ENVS, make_tensor_env
-
-        if env_id not in TENSOR_ENVS:
-            message = f"unknown sfspec environment '{env_id}'{did_you_mean(env_id, TENSOR_ENVS)}"
-            raise SpecError(SpecIssue(smap.locate(path), path, f"{message}; bundled: {', '.join(bundled_env_ids())}"))
-        env = _guard(lambda: make_tensor_env(env_id, 1, **env_cfg.get("kwargs", {})), env_id, smap)
-        try:
-            return env.single_observation_space, env.single_action_space
-        finally:
-            env.close()
+    if catalogue.is_tensor_env(env_id):  # bundled, or registered by a plugin whatever its namespace
+        return _guard(lambda: catalogue.env_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
+    if env_id.startswith(TENSOR_ENV_PREFIX):
+        known = catalogue.tensor_env_ids()
+        message = f"unknown sfspec environment '{env_id}'{did_you_mean(env_id, known)}"
+        raise SpecError(SpecIssue(smap.locate(path), path, f"{message}; known: {', '.join(known)}"))
     check_env_module(env_id, smap)
     import gymnasium as gym
 

@@ -1,0 +1,138 @@
+"""Every tensor environment sfspec knows, in one torch-free table: ids, spaces and where each class lives.
+
+Validation reads the spaces from here without importing torch; ``make_env`` reads the class from
+here. Bundled environments are listed below; plugins add theirs with ``register_tensor_env``
+(sfspec.envs), which records the class itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+Spaces = tuple[Any, Any]  # (observation space, action space) of one environment
+
+
+def memory_spaces(num_cues: int = 4, delay: int = 8) -> Spaces:
+    """Memory: a one-hot cue, then blank steps, then a query flag; act with the cue's index."""
+    return spaces.Box(0.0, 1.0, (num_cues + 1,), np.float32), spaces.Discrete(num_cues)
+
+
+def pixel_spaces(grid: int = 8, cell: int = 3) -> Spaces:
+    """PixelGoal: an RGB picture of a grid (agent red, goal green); move in 4 directions."""
+    size = grid * cell
+    return spaces.Box(0, 255, (size, size, 3), np.uint8), spaces.Discrete(4)
+
+
+def reach_spaces() -> Spaces:
+    """Reach: a 2-link arm; the actor sees joints and a noisy target, the critic also the truth."""
+    inf = np.inf
+    obs = spaces.Dict(
+        {
+            "proprio": spaces.Box(-inf, inf, (6,), np.float32),  # sin q, cos q, joint velocities
+            "target_seen": spaces.Box(-inf, inf, (2,), np.float32),  # noisy estimate, like a camera's
+            "privileged": spaces.Box(-inf, inf, (4,), np.float32),  # true target and fingertip
+        }
+    )
+    return obs, spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+@dataclass(frozen=True)
+class EnvEntry:
+    """One tensor environment: where its class is, and how to know its spaces without building it."""
+
+    env_id: str
+    location: str | None = None  # "module:Class" of a bundled env (imported when it is made)
+    cls: type | None = None  # a plugin's class, registered directly
+    spaces: Callable[..., Spaces] | None = None  # torch-free spaces from the env's kwargs
+    twin: str | None = None  # the gymnasium id whose dynamics (and spaces) it reproduces
+
+
+def _bundled() -> dict[str, EnvEntry]:
+    classic = [
+        ("sfspec/CartPole-v1", "CartPoleEnv", "CartPole-v1"),
+        ("sfspec/Pendulum-v1", "PendulumEnv", "Pendulum-v1"),
+        ("sfspec/Acrobot-v1", "AcrobotEnv", "Acrobot-v1"),
+        ("sfspec/MountainCarContinuous-v0", "MountainCarContinuousEnv", "MountainCarContinuous-v0"),
+    ]
+    tasks = [
+        ("sfspec/Memory-v0", "MemoryEnv", memory_spaces),
+        ("sfspec/PixelGoal-v0", "PixelGoalEnv", pixel_spaces),
+        ("sfspec/Reach-v0", "ReachEnv", reach_spaces),
+    ]
+    entries = [EnvEntry(i, f"sfspec.envs.classic:{c}", twin=t) for i, c, t in classic]
+    entries += [EnvEntry(i, f"sfspec.envs.tasks:{c}", spaces=s) for i, c, s in tasks]
+    return {e.env_id: e for e in entries}
+
+
+_CATALOGUE: dict[str, EnvEntry] = _bundled()  # a registry, like the layer registry
+BUNDLED_IDS = tuple(sorted(_CATALOGUE))
+
+
+def tensor_env_ids() -> list[str]:
+    """Ids of every tensor environment: bundled and registered by plugins."""
+    return sorted(_CATALOGUE)
+
+
+def is_tensor_env(env_id: str) -> bool:
+    """Whether ``env_id`` names a tensor environment (whatever its namespace)."""
+    return env_id in _CATALOGUE
+
+
+def entry(env_id: str) -> EnvEntry:
+    """The catalogue entry of a tensor environment (KeyError if there is none)."""
+    return _CATALOGUE[env_id]
+
+
+def gymnasium_twins() -> dict[str, str]:
+    """Bundled tensor env id -> the gymnasium id it reproduces."""
+    return {e.env_id: e.twin for e in _CATALOGUE.values() if e.twin}
+
+
+def add(env_entry: EnvEntry) -> None:
+    """Add or replace an entry (``register_tensor_env`` checks the class first)."""
+    _CATALOGUE[env_entry.env_id] = env_entry
+
+
+def remove(env_id: str) -> None:
+    """Forget a registered environment."""
+    _CATALOGUE.pop(env_id, None)
+
+
+def env_class(env_id: str) -> type:
+    """The class of a tensor environment (imports a bundled env's module, and so torch)."""
+    found = _CATALOGUE[env_id]
+    if found.cls is not None:
+        return found.cls
+    module, name = found.location.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def env_spaces(env_id: str, kwargs: dict) -> Spaces:
+    """(observation space, action space) of one environment built with ``kwargs``.
+
+    Bundled envs answer without torch; a plugin's env is built once, with one copy, to ask it.
+    """
+    found = _CATALOGUE[env_id]
+    if found.twin is not None:
+        import gymnasium as gym
+
+        env = gym.make(found.twin)
+        try:
+            return env.observation_space, env.action_space
+        finally:
+            env.close()
+    if found.spaces is not None:
+        accepted = inspect.signature(found.spaces).parameters
+        return found.spaces(**{k: v for k, v in kwargs.items() if k in accepted})
+    env = env_class(env_id)(1, **kwargs)
+    try:
+        return env.single_observation_space, env.single_action_space
+    finally:
+        env.close()
