@@ -20,6 +20,7 @@ import torch
 
 from sfspec.compiler.spaces import ActionLayout, env_actions, flatten_space
 from sfspec.envs import catalogue
+from sfspec.spec.config import EnvConfig
 
 ObsDict = dict[str, torch.Tensor]
 
@@ -220,7 +221,8 @@ def _workers_ignore_ctrl_c(active: bool) -> Iterator[None]:
 
 def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter | GymVectorAdapter:
     """The batched environment a spec's ``env`` section describes."""
-    env_id, num_envs, kwargs = env_cfg["id"], int(env_cfg.get("num_envs", 8)), dict(env_cfg.get("kwargs", {}))
+    cfg = EnvConfig.from_spec(env_cfg)
+    env_id, num_envs, kwargs = cfg.id, cfg.num_envs, cfg.kwargs
     if catalogue.is_tensor_env(env_id):  # bundled or registered by a plugin, whatever its namespace
         from sfspec.envs.factory import make_tensor_env
 
@@ -228,7 +230,7 @@ def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 
-    mode = env_cfg.get("vectorization", "auto")
+    mode = cfg.vectorization
     if mode == "auto":
         mode = "sync"
     vector_kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP}
