@@ -54,11 +54,24 @@ def check(loaded: LoadedSpec) -> CheckedSpec:
     return CheckedSpec(loaded, obs_space, action_space, plan, memory)
 
 
-def compile_spec(loaded: LoadedSpec, obs_space: Any = None, action_space: Any = None) -> ActorCritic:
-    """Build the actor-critic a loaded spec describes (spaces from its env unless given)."""
-    from sfspec.compiler.build import compile_model
+def compile_spec(
+    loaded: LoadedSpec, obs_space: Any = None, action_space: Any = None, plan: ModelPlan | None = None
+) -> ActorCritic:
+    """Build the actor-critic a loaded spec describes (spaces from its env unless given).
 
-    if obs_space is None or action_space is None:
-        obs_space, action_space = env_spaces(loaded.data["env"], loaded.source_map)
-    check_memory(loaded.data, obs_space, action_space, None, loaded.source_map, training=False)  # before torch
-    return compile_model(loaded.data, obs_space, action_space, loaded.source_map, loaded.data["env"]["id"])
+    Pass the ``plan`` of ``check(loaded)`` to build from it; without one the spec is planned here, once.
+    """
+    from sfspec.compiler.build import build_from_plan
+
+    smap, env_id = loaded.source_map, loaded.data["env"]["id"]
+    if plan is None:
+        if obs_space is None or action_space is None:
+            obs_space, action_space = env_spaces(loaded.data["env"], smap)
+        plan = plan_model(loaded.data, obs_space, action_space, smap, env_id)
+    check_memory(loaded.data, plan.obs_space, plan.action_space, plan, smap, training=False)  # before torch
+    return build_from_plan(plan, smap)
+
+
+def compile_checked(checked: CheckedSpec) -> ActorCritic:
+    """Build the actor-critic of a checked spec from the plan ``check`` made."""
+    return compile_spec(checked.loaded, plan=checked.plan)

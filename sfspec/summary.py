@@ -1,4 +1,7 @@
-"""A table of every layer of the actor and critic: path, output shape, parameter count."""
+"""A table of every layer of the actor and critic: path, output shape, parameter count.
+
+It reads a model through the model contract only (``ActorCritic.summary_rows``), whatever built it.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from sfspec.compiler.build import CompiledActorCritic
-from sfspec.compiler.model import ActorCritic
-from sfspec.compiler.plan import StackResult
+from sfspec.compiler.model import ActorCritic, ModuleRow
 from sfspec.compiler.shapes import format_shape
 from sfspec.compiler.spaces import describe_space
 
@@ -18,54 +19,24 @@ def _count(module: nn.Module | None) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def summary_rows(model: ActorCritic, results: dict[str, StackResult]) -> list[dict]:
+def summary_rows(model: ActorCritic, rows: list[ModuleRow] | None = None) -> list[dict]:
     """One row per layer (and head) with its path, kind, output shape and parameter count."""
-    rows = []
-    for result in results.values():
-        for row in result.rows:
-            rows.append(
-                {
-                    "path": row.path,
-                    "layer": row.layer,
-                    "output_shape": list(row.out_shape or []),
-                    "params": _count(row.module),
-                }
-            )
-    if isinstance(model, CompiledActorCritic):
-        actor = "shared" if model.shared else "actor"
-        critic = "shared" if model.shared else "critic"
-        head = model.action_parameterization
-        rows.append(
-            {
-                "path": f"{actor}.action_head",
-                "layer": "action_head",
-                "output_shape": [head.linear.out_features],
-                "params": _count(head),
-            }
-        )
-        rows.append(
-            {
-                "path": f"{critic}.value_head",
-                "layer": "linear",
-                "output_shape": [1],
-                "params": _count(model.critic_linear),
-            }
-        )
-    else:  # a custom whole model: its top-level children
-        for name, child in model.named_children():
-            rows.append({"path": name, "layer": type(child).__name__, "output_shape": [], "params": _count(child)})
-    return rows
+    rows = model.summary_rows() if rows is None else rows
+    return [
+        {"path": r.path, "layer": r.layer, "output_shape": list(r.out_shape or []), "params": _count(r.module)}
+        for r in rows
+    ]
 
 
-def summary_data(env_id: str, model: ActorCritic, results: dict[str, StackResult]) -> dict[str, Any]:
-    """Everything ``sfspec summary --json`` prints."""
+def summary_data(env_id: str, model: ActorCritic, rows: list[ModuleRow] | None = None) -> dict[str, Any]:
+    """Everything ``sfspec summary --json`` prints (``rows``: the model's summary rows, read from it if omitted)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "env": env_id,
         "observation": describe_space(model.obs_space),
         "action": describe_space(model.action_space),
         "inputs": {k: list(v.shape) for k, v in model.inputs.items()},
-        "layers": summary_rows(model, results),
+        "layers": summary_rows(model, rows),
         "params_total": trainable,
         "params_all": sum(p.numel() for p in model.parameters()),
         "state_size": int(model.state_size),

@@ -1,101 +1,31 @@
-"""What a spec will cost before anything is allocated: layer count and memory (torch-free).
+"""What a spec will cost before anything is allocated: parameters and memory (torch-free).
 
-``layer_count_issues`` runs with the schema (``pipeline.load``): it counts the layers a model expands
-to by arithmetic, so ``repeat: {times: 1000000000}`` is refused without being expanded.
-``check_memory`` runs with the spaces (``pipeline.check``): parameters from the plan's shapes, the
-rollout buffer and the environments' observations, against the machine's memory.
+``check_memory`` runs with the spaces (``pipeline.check``): parameters from the plan's nodes, the
+rollout buffer and the environments' observations, against the machine's memory. The layer count
+(``layer_count_issues``, with the schema) lives in ``sfspec.compiler.layer_count``; it is
+importable from here too.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from sfspec.compiler import layers as _layers
-from sfspec.compiler.shapes import ShapeError, infer_layer, parse_layer_item
+from sfspec.compiler.layer_count import MAX_LAYERS, format_count, layer_count_issues
+from sfspec.compiler.plan import LayerNode, ModelPlan, plan_model
+from sfspec.compiler.registry import LAYERS
+from sfspec.compiler.shapes import infer_layer, parse_layer_item
 from sfspec.errors import SpecError, SpecIssue
+from sfspec.sourcemap import SourceMap
 
-if TYPE_CHECKING:
-    from sfspec.compiler.plan import ModelPlan, StackPlan
-    from sfspec.spec.loader import SourceMap
+__all__ = ["MAX_LAYERS", "MemoryEstimate", "ParamCount", "check_memory", "count_params", "layer_count_issues"]
 
-MAX_LAYERS = 10_000  # layers in one model once repeat, mlp and the CNNs are expanded
 TRAIN_BYTES_PER_PARAM = 16  # float32 weights, gradients and Adam's two moments
 STEP_FLOATS = 8  # per env step besides obs, actions and states: log-prob, value, reward, ends, starts, GAE
-_PARTS = ("encoder", "core", "decoder")
-
-# Built-in layers that stand for a fixed list of simpler ones (their own expansion, torch-free).
-_EXPANSIONS = {"mlp": _layers._mlp_items, "nature_cnn": _layers._nature_items, "impala_cnn": _layers._impala_items}
-
-
-# ---------------------------------------------------------------- layer count (schema level)
-
-
-def layer_lists(spec: dict) -> Iterator[tuple[tuple, list]]:
-    """Every layer list of the model section, with its spec path (custom components have none)."""
-    model = spec.get("model") if isinstance(spec, dict) else None
-    if not isinstance(model, dict):
-        return
-    for owner, cfg in (((), model), (("actor",), model.get("actor")), (("critic",), model.get("critic"))):
-        if not isinstance(cfg, dict):
-            continue
-        for part in _PARTS:
-            value, path = cfg.get(part), ("model", *owner, part)
-            if isinstance(value, list):
-                yield path, value
-            elif isinstance(value, dict) and "custom" not in value:
-                for key, items in (value.get("inputs") or {}).items():
-                    yield path + ("inputs", key), items
-                if isinstance(value.get("layers"), list):
-                    yield path + ("layers",), value["layers"]
-
-
-def count_layers(items: list) -> int:
-    """How many layers a validated layer list expands to (arithmetic: nothing is expanded)."""
-    return sum(_count_item(item) for item in items)
-
-
-def _count_item(item: Any) -> int:
-    name, args = parse_layer_item(item)
-    if name in _EXPANSIONS:
-        return count_layers(_EXPANSIONS[name](args))
-    if name == "repeat":
-        return args["times"] * count_layers(args["layers"])
-    if name == "residual":
-        return 1 + count_layers(args["layers"])
-    return 1
-
-
-def _heaviest(items: list, path: tuple) -> tuple:
-    """The spec path most responsible for a list's layer count: a repeat's 'times' where one is."""
-    i = max(range(len(items)), key=lambda j: _count_item(items[j]))
-    name, args = parse_layer_item(items[i])
-    if name in ("repeat", "residual") and count_layers(args["layers"]) > MAX_LAYERS:
-        inline = isinstance(items[i], dict) and isinstance(items[i][name], list)  # '- residual: [...]'
-        return _heaviest(args["layers"], path + ((i, name) if inline else (i, name, "layers")))
-    return path + (i, name, "times") if name == "repeat" else path + (i,)
-
-
-def layer_count_issues(spec: dict, smap: SourceMap) -> list[SpecIssue]:
-    """An issue when the model expands to more than MAX_LAYERS layers (a schema-valid spec)."""
-    lists = list(layer_lists(spec))
-    counts = [count_layers(items) for _, items in lists]
-    total = sum(counts)
-    if total <= MAX_LAYERS:
-        return []
-    path, items = lists[counts.index(max(counts))]
-    where = _heaviest(items, path)
-    message = f"the model would have {_count(total)} layers, more than the limit of {MAX_LAYERS:,}"
-    return [SpecIssue(smap.locate(where), where, message)]
-
-
-def _count(n: int) -> str:
-    return f"{n:,}" if n < 10**15 else f"about 10^{len(str(n)) - 1}"
 
 
 # ---------------------------------------------------------------- parameters (from the plan's shapes)
@@ -138,9 +68,14 @@ def _own_params(name: str, args: dict, shape: tuple) -> int:
 
 def _item_params(item: Any, shape: tuple, path: tuple, section: str) -> tuple[int, tuple | None]:
     """(parameters, output shape) of one layer item, composites included."""
-    name, args = parse_layer_item(item)
-    if name in _EXPANSIONS:
-        return _list_params(_EXPANSIONS[name](args), shape, path + (name,), section)
+    return _parsed_params(*parse_layer_item(item), shape, path, section)
+
+
+def _parsed_params(name: str, args: dict, shape: tuple, path: tuple, section: str) -> tuple[int, tuple | None]:
+    """(parameters, output shape) of a layer given by name and arguments."""
+    expand = LAYERS.get(name).expand
+    if expand is not None:
+        return _list_params(expand(args), shape, path + (name,), section)
     if name == "residual":
         count, _ = _list_params(args["layers"], shape, path + (name, "layers"), section)
         return count, shape
@@ -152,48 +87,25 @@ def _item_params(item: Any, shape: tuple, path: tuple, section: str) -> tuple[in
             count, out = _list_params(args["layers"], out, path + (name, "layers"), section)
             total += count
         return total, out
-    return _own_params(name, args, shape), infer_layer(item, shape, path, section)
+    return _own_params(name, args, shape), infer_layer({name: args}, shape, path, section)
 
 
-def _list_params(items: list, shape: tuple | None, path: tuple, section: str, acc: ParamCount | None = None):
-    """(parameters, output shape) of a layer list; top-level items are recorded in ``acc``."""
+def _list_params(items: list, shape: tuple | None, path: tuple, section: str) -> tuple[int, tuple | None]:
+    """(parameters, output shape) of a nested layer list."""
     total = 0
     for i, item in enumerate(items):
         if shape is None:
             break
         count, shape = _item_params(item, shape, path + (i,), section)
         total += count
-        if acc is not None:
-            name, _ = parse_layer_item(item)
-            acc.add(count, path + (i, name))
     return total, shape
 
 
-def _stack_params(stack: StackPlan, plan: ModelPlan, acc: ParamCount) -> int | None:
-    """Walk one stack's layer lists; the output width (None if a custom part hides it)."""
-    enc = stack.encoder
-    path = stack.paths["encoder"]
-    if isinstance(enc, list):
-        obs = [plan.inputs[k].shape for k in stack.observe]
-        shape = obs[0] if len(obs) == 1 else (sum(math.prod(s) for s in obs),)
-        _, shape = _list_params(enc, shape, path, "encoder", acc)
-    elif isinstance(enc, dict) and "custom" not in enc:
-        width: int | None = 0
-        for key in stack.observe:
-            out: tuple | None = plan.inputs[key].shape
-            if key in enc.get("inputs", {}):
-                _, out = _list_params(enc["inputs"][key], out, path + ("inputs", key), "encoder", acc)
-            width = None if out is None or width is None else width + math.prod(out)
-        shape = (width,) if width is not None else None
-        _, shape = _list_params(enc.get("layers", []), shape, path + ("layers",), "encoder", acc)
-    else:
-        return None
-    for part in ("core", "decoder"):
-        items = getattr(stack, part)
-        if shape is None or not isinstance(items, list):
-            return None
-        _, shape = _list_params(items, shape, stack.paths[part], part, acc)
-    return shape[-1] if shape else None
+def _node_params(node: LayerNode) -> int:
+    """Parameters of one planned layer, its whole subtree for composites (0 where its input is not known)."""
+    if node.custom is not None or node.in_shape is None:
+        return 0  # custom components are not counted; after an unknown shape nothing is
+    return _parsed_params(node.layer, node.args, node.in_shape, node.path, node.part)[0]
 
 
 def count_params(plan: ModelPlan) -> ParamCount:
@@ -203,12 +115,12 @@ def count_params(plan: ModelPlan) -> ParamCount:
         return acc
     head_width, std_params = _action_head(plan)
     for stack in plan.stacks:
-        try:
-            width = _stack_params(stack, plan, acc)
-        except ShapeError:  # the plan has reported it; count what came before
+        for node in stack.nodes:
+            acc.add(_node_params(node), node.path + (node.layer,))
+        out = stack.part_shapes.get("decoder")
+        if out is None:  # a custom part or a plugin layer hides the width: the heads are not counted
             continue
-        if width is None:
-            continue
+        width = out[-1]
         if stack.name in ("actor", "shared"):
             acc.add(width * head_width + head_width + std_params, ("model", "action"))
         if stack.name in ("critic", "shared"):
@@ -218,7 +130,7 @@ def count_params(plan: ModelPlan) -> ParamCount:
 
 def _action_head(plan: ModelPlan) -> tuple[int, int]:
     """(outputs of the action head's linear layer, log-std parameters), as heads.ActionHead makes them."""
-    dependent = plan.std.get("mode") == "state_dependent"
+    dependent = plan.config.std.state_dependent
     width = std = 0
     for part in plan.action.parts:
         if part.kind in ("categorical", "multi_categorical"):
@@ -354,8 +266,6 @@ def check_memory(
     (building a model to export or evaluate). Returns the estimate.
     """
     if plan is None:
-        from sfspec.compiler.plan import plan_model
-
         plan = plan_model(spec, obs_space, action_space, smap, spec.get("env", {}).get("id", "the env"))
     estimate = estimate_memory(spec, plan, training)
     memory = machine_memory()
@@ -365,13 +275,13 @@ def check_memory(
     path = _blame(spec, estimate)
     if not training:
         message = (
-            f"this model's {_count(estimate.params.total)} parameters need {format_bytes(estimate.param_bytes)}, "
+            f"this model's {format_count(estimate.params.total)} parameters need {format_bytes(estimate.param_bytes)}, "
             f"more than this machine's {format_bytes(available)} {source}"
         )
         raise SpecError(SpecIssue(smap.locate(path), path, message))
     message = (
         f"training this spec needs at least {format_bytes(estimate.total)} of memory, more than this machine's "
-        f"{format_bytes(available)} {source}: {_count(estimate.params.total)} parameters take "
+        f"{format_bytes(available)} {source}: {format_count(estimate.params.total)} parameters take "
         f"{format_bytes(estimate.param_bytes)} with gradients and Adam state; a rollout of {estimate.rollout:,} "
         f"steps x {estimate.num_envs:,} envs takes {format_bytes(estimate.rollout_bytes)}; the environments' "
         f"observations take {format_bytes(estimate.env_bytes)}"

@@ -25,9 +25,8 @@ from torch import nn
 class Config(Mapping):
     """Read-only attribute access to a component's params (nested mappings too)."""
 
-    def __init__(self, params: Mapping | None = None, plan: Any = None):
+    def __init__(self, params: Mapping | None = None):
         self._params = dict(params or {})
-        self._plan = plan  # the compiler's model plan, for ActorCritic subclasses
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
@@ -49,6 +48,20 @@ class Config(Mapping):
 
     def __repr__(self) -> str:
         return f"Config({self._params!r})"
+
+
+class ModelParams(Config):
+    """What the compiler hands a custom ``ActorCritic`` as ``cfg``: its params, and the model plan.
+
+    Sample Factory's signature, ``cls(model_factory, obs_space, action_space, cfg)`` calling
+    ``super().__init__(obs_space, action_space, cfg)``, has no place for the plan (inputs,
+    normaliser, action options); the base class reads it from ``cfg.model_plan``. A class may
+    pass it explicitly instead: ``super().__init__(obs_space, action_space, cfg, plan=cfg.model_plan)``.
+    """
+
+    def __init__(self, params: Mapping | None, model_plan: Any):
+        super().__init__(params)
+        self.model_plan = model_plan
 
 
 class Encoder(nn.Module):

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfspec.compiler.config import StdConfig
 from sfspec.compiler.spaces import ActionLayout, ActionPart
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -23,22 +24,22 @@ _MASKED_LOGIT = -1e8  # finite, so a fully masked row stays a number
 class ActionHead(nn.Module):
     """Linear layer from features to the parameters of every action part."""
 
-    def __init__(self, in_size: int, layout: ActionLayout, std: dict, bounds: str):
+    def __init__(self, in_size: int, layout: ActionLayout, std: StdConfig, bounds: str):
         super().__init__()
         self.layout = layout
         self.bounds = bounds
-        self.state_dependent_std = std.get("mode") == "state_dependent"
-        self.log_std_min = math.log(std.get("min", 1e-6))
-        self.log_std_max = math.log(std.get("max", 10.0))
+        self.state_dependent_std = std.state_dependent
+        self.log_std_min = math.log(std.min)
+        self.log_std_max = math.log(std.max)
         self.param_sizes = [self._param_size(p) for p in layout.parts]
         self.linear = nn.Linear(in_size, sum(self.param_sizes))
         gaussian_dims = sum(p.size for p in layout.parts if p.kind == "gaussian")
         if gaussian_dims and not self.state_dependent_std:
-            self.log_std = nn.Parameter(torch.full((gaussian_dims,), math.log(std.get("init", 1.0))))
+            self.log_std = nn.Parameter(torch.full((gaussian_dims,), math.log(std.init)))
         else:
             self.register_parameter("log_std", None)
         if self.state_dependent_std:
-            self.std_bias = math.log(std.get("init", 1.0))
+            self.std_bias = math.log(std.init)
         low = [v for p in layout.parts if p.kind == "gaussian" for v in p.low]
         high = [v for p in layout.parts if p.kind == "gaussian" for v in p.high]
         self.register_buffer("low", torch.tensor(low, dtype=torch.float32), persistent=False)

@@ -286,7 +286,8 @@ def build_adaptive_avgpool2d(call: LayerCall) -> nn.Module:
 # ---------------------------------------------------------------- macros
 
 
-def _mlp_items(args: dict) -> list:
+def mlp_items(args: dict) -> list:
+    """The layers an ``mlp`` stands for."""
     items: list = []
     for i, size in enumerate(args["sizes"]):
         items.append({"linear": size})
@@ -309,18 +310,19 @@ def _infer_mlp(call: LayerCall) -> Shape:
     call.need_rank(1, 2, hint=_vector_hint(call))
     from sfspec.compiler.shapes import infer_layers
 
-    return infer_layers(_mlp_items(call.args), call.in_shape, call.path + (call.name,), call.section)
+    return infer_layers(mlp_items(call.args), call.in_shape, call.path + (call.name,), call.section)
 
 
-@register_layer("mlp", params=MLP_PARAMS, required=("sizes",), primary="sizes", infer=_infer_mlp)
+@register_layer("mlp", params=MLP_PARAMS, required=("sizes",), primary="sizes", infer=_infer_mlp, expand=mlp_items)
 def build_mlp(call: LayerCall) -> nn.Module:
     """Linear layers of the given sizes, each followed by an optional norm and the activation."""
     from sfspec.compiler.shapes import build_layers
 
-    return build_layers(_mlp_items(call.args), call.in_shape, call.path + (call.name,), call.section)[0]
+    return build_layers(mlp_items(call.args), call.in_shape, call.path + (call.name,), call.section)[0]
 
 
-def _nature_items(args: dict) -> list:
+def nature_items(args: dict) -> list:
+    """The layers a ``nature_cnn`` stands for."""
     return [
         {"conv2d": {"channels": 32, "kernel": 8, "stride": 4}},
         "relu",
@@ -340,20 +342,25 @@ def _infer_nature(call: LayerCall) -> Shape:
         call.fail("the Nature CNN needs images of at least 36x36")
     from sfspec.compiler.shapes import infer_layers
 
-    return infer_layers(_nature_items(call.args), call.in_shape, call.path + (call.name,), call.section)
+    return infer_layers(nature_items(call.args), call.in_shape, call.path + (call.name,), call.section)
 
 
 @register_layer(
-    "nature_cnn", params={"features": {**POSITIVE, "default": 512}}, primary="features", infer=_infer_nature
+    "nature_cnn",
+    params={"features": {**POSITIVE, "default": 512}},
+    primary="features",
+    infer=_infer_nature,
+    expand=nature_items,
 )
 def build_nature_cnn(call: LayerCall) -> nn.Module:
     """The DQN Nature CNN (Mnih et al. 2015) with its final linear layer."""
     from sfspec.compiler.shapes import build_layers
 
-    return build_layers(_nature_items(call.args), call.in_shape, call.path + (call.name,), call.section)[0]
+    return build_layers(nature_items(call.args), call.in_shape, call.path + (call.name,), call.section)[0]
 
 
-def _impala_items(args: dict) -> list:
+def impala_items(args: dict) -> list:
+    """The layers an ``impala_cnn`` stands for."""
     items: list = []
     for channels in args["channels"]:
         block = ["relu", {"conv2d": {"channels": channels, "kernel": 3, "padding": 1}}] * 2
@@ -376,15 +383,15 @@ def _infer_impala(call: LayerCall) -> Shape:
     call.need_rank(3, hint=_image_hint(call))
     from sfspec.compiler.shapes import infer_layers
 
-    return infer_layers(_impala_items(call.args), call.in_shape, call.path + (call.name,), call.section)
+    return infer_layers(impala_items(call.args), call.in_shape, call.path + (call.name,), call.section)
 
 
-@register_layer("impala_cnn", params=IMPALA_PARAMS, infer=_infer_impala)
+@register_layer("impala_cnn", params=IMPALA_PARAMS, infer=_infer_impala, expand=impala_items)
 def build_impala_cnn(call: LayerCall) -> nn.Module:
     """The IMPALA CNN (Espeholt et al. 2018): per stage conv, max-pool, two residual blocks."""
     from sfspec.compiler.shapes import build_layers
 
-    return build_layers(_impala_items(call.args), call.in_shape, call.path + (call.name,), call.section)[0]
+    return build_layers(impala_items(call.args), call.in_shape, call.path + (call.name,), call.section)[0]
 
 
 # ---------------------------------------------------------------- composites

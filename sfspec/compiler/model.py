@@ -9,14 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sfspec.compiler.components import ModelParams
+from sfspec.compiler.config import ModelConfig
 from sfspec.compiler.heads import ActionHead
 from sfspec.compiler.spaces import ObsInput, action_layout, observation_inputs
+
+if TYPE_CHECKING:
+    from sfspec.compiler.plan import ModelPlan
 
 ObsDict = dict[str, torch.Tensor]
 
@@ -182,6 +187,7 @@ def check_actions(actions: Any, lead: tuple[int, ...], names: tuple[str, ...], w
         where = _lead_text(names, lead, source)
         raise ValueError(f"actions: expected shape {expected} with {where}; got {shape}")
 
+
 @dataclass
 class ActResult:
     """What sampling an action returns to the runtime."""
@@ -192,28 +198,75 @@ class ActResult:
     state: torch.Tensor  # next recurrent state (batch, S)
 
 
+@dataclass(frozen=True)
+class StateSlot:
+    """One named recurrent state tensor: its place in the flat state, its shape, and its stack."""
+
+    name: str  # without the _in / _out suffix an export adds: "h", "c", "h_1", "critic_h", ...
+    start: int  # offset in the model's flat (B, S) state
+    layers: int
+    hidden: int
+    stack: str  # actor | critic | shared, or model for a custom whole actor-critic
+
+    @property
+    def width(self) -> int:
+        """Columns of the flat state it covers."""
+        return self.layers * self.hidden
+
+
+def named_slots(raw: list[tuple[str, str, int, int, int, str]]) -> list[StateSlot]:
+    """(prefix, kind, start, layers, hidden, stack) per state tensor to slots named h, c, h_1, critic_h, ..."""
+    counts: dict[tuple[str, str], int] = {}
+    for prefix, kind, *_ in raw:
+        counts[(prefix, kind)] = counts.get((prefix, kind), 0) + 1
+    seen: dict[tuple[str, str], int] = {}
+    slots = []
+    for prefix, kind, start, layers, hidden, stack in raw:
+        index = seen.get((prefix, kind), 0)
+        seen[(prefix, kind)] = index + 1
+        suffix = f"_{index}" if counts[(prefix, kind)] > 1 else ""
+        slots.append(StateSlot(f"{prefix}{kind}{suffix}", start, layers, hidden, stack))
+    return slots
+
+
+@dataclass(frozen=True)
+class ModuleRow:
+    """One row of a model summary: where it is, what it is, its output shape, and the module holding its weights."""
+
+    path: str
+    layer: str
+    out_shape: tuple
+    module: nn.Module | None
+
+
 class ActorCritic(nn.Module):
     """Base of every actor-critic: subclasses define ``forward``; the rest is shared.
 
     ``forward(normalized_obs_dict, rnn_states, values_only=False)`` returns a dict with
     ``action_params`` (omitted when values_only), ``values`` (batch,) and ``new_rnn_states``.
     ``state_size`` is the width of the recurrent state (0 for a feed-forward model).
+
+    The public contract beside the runtime's entry points (``act``, ``evaluate``, ``values``,
+    ``deterministic_actions``): ``state_slots``, ``policy_step``, ``action_mask`` and
+    ``summary_rows``. Export and summaries read a model through these only; the defaults here
+    work for any Sample Factory-shaped ``forward`` and its flat state.
     """
 
-    def __init__(self, obs_space, action_space, cfg):
+    def __init__(self, obs_space, action_space, cfg, plan: ModelPlan | None = None):
         super().__init__()
-        plan = getattr(cfg, "_plan", None)  # set by the compiler; absent when built by hand
+        if plan is None and isinstance(cfg, ModelParams):  # a custom class, called in Sample Factory's shape
+            plan = cfg.model_plan
         self.obs_space = obs_space
         self.action_space = action_space
         self.cfg = cfg
         if plan is not None:
             self.inputs, self.layout, self.mask_key = plan.inputs, plan.action, plan.mask_key
-            self._std, self._bounds = plan.std, plan.bounds
-            norm = (plan.normalize_keys, plan.normalize_clip, plan.normalize_epsilon)
-        else:
+            config, normalize_keys = plan.config, plan.normalize_keys
+        else:  # built by hand from the spaces: the schema's defaults
             self.inputs, self.layout, self.mask_key = observation_inputs(obs_space), action_layout(action_space), None
-            self._std, self._bounds = {}, "clip"
-            norm = ((), 5.0, 1e-8)
+            config, normalize_keys = ModelConfig.from_spec({}), ()
+        self._std, self._bounds = config.std, config.bounds
+        norm = (normalize_keys, config.normalize_clip, config.normalize_epsilon)
         self.preprocessor = ObsPreprocessor(self.inputs, *norm)
         self.state_size = 0
 
@@ -230,11 +283,39 @@ class ActorCritic(nn.Module):
         """Zero recurrent state for ``batch`` rows."""
         return torch.zeros(batch, self.state_size, device=device)
 
-    def _mask(self, obs: ObsDict) -> torch.Tensor | None:
+    def action_mask(self, obs: ObsDict) -> torch.Tensor | None:
+        """The discrete-action mask (batch, choices) from raw observations (1 allowed, 0 not), or None."""
         if self.mask_key is None:
             return None
         mask = obs[self.mask_key]
         return mask.reshape(mask.shape[0], -1).to(torch.float32)
+
+    def state_slots(self, with_value: bool) -> list[StateSlot]:
+        """The named state tensors one step carries (the critic's only ``with_value``); flat by default: one ``h``."""
+        return named_slots([("", "h", 0, 1, self.state_size, "model")]) if self.state_size else []
+
+    def policy_step(
+        self, normalized_obs: ObsDict, states: list[torch.Tensor], with_value: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """One step on named states: (action parameters, next states, value or None).
+
+        ``normalized_obs`` is the preprocessor's output; ``states`` are (B, layers, hidden) tensors,
+        one per ``state_slots(with_value)``. This default goes through ``forward`` and the flat state.
+        """
+        if states:
+            flat = torch.cat([s.flatten(1) for s in states], dim=1)
+        else:
+            first = next(iter(normalized_obs.values()))
+            flat = first.new_zeros(first.shape[0], 0)
+        out = self(normalized_obs, flat)
+        new_flat = out["new_rnn_states"]
+        slots = self.state_slots(with_value)
+        new_states = [new_flat[:, s.start : s.start + s.width].reshape(-1, s.layers, s.hidden) for s in slots]
+        return out["action_params"], new_states, out["values"] if with_value else None
+
+    def summary_rows(self) -> list[ModuleRow]:
+        """Rows for a model summary; by default one per top-level child module."""
+        return [ModuleRow(name, type(child).__name__, (), child) for name, child in self.named_children()]
 
     def _checked(self, obs: ObsDict, state: torch.Tensor) -> None:
         """Clear errors for wrong inputs to a one-step entry point (shape comparisons only)."""
@@ -262,7 +343,7 @@ class ActorCritic(nn.Module):
         """Sample (or pick the most likely) actions, with log-probs, values and the next state."""
         self._checked(obs, state)
         out = self._run(obs, state)
-        dist = self.action_head.distribution(out["action_params"], self._mask(obs))
+        dist = self.action_head.distribution(out["action_params"], self.action_mask(obs))
         actions = dist.mode() if deterministic else dist.sample()
         return ActResult(actions, dist.log_prob(actions), out["values"], out["new_rnn_states"])
 
@@ -270,7 +351,7 @@ class ActorCritic(nn.Module):
         """Most likely actions in the environment's units, and the next state."""
         self._checked(obs, state)
         out = self._run(obs, state)
-        dist = self.action_head.distribution(out["action_params"], self._mask(obs))
+        dist = self.action_head.distribution(out["action_params"], self.action_mask(obs))
         return self.action_head.to_env(dist.mode()), out["new_rnn_states"]
 
     def values(self, obs: ObsDict, state: torch.Tensor) -> torch.Tensor:
@@ -299,7 +380,7 @@ class ActorCritic(nn.Module):
             params, values = out["action_params"], out["values"]
         else:
             params, values = self._sequence_outputs(self.preprocessor(flat), state, starts)
-        dist = self.action_head.distribution(params, self._mask(flat))
+        dist = self.action_head.distribution(params, self.action_mask(flat))
         flat_actions = actions.reshape(steps * batch, -1)
         shape = (steps, batch)
         return dist.log_prob(flat_actions).reshape(shape), dist.entropy().reshape(shape), values.reshape(shape)

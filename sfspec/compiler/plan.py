@@ -2,29 +2,53 @@
 
 ``plan_model`` resolves what each stack observes and is made of, checks every option that
 depends on the spaces, and runs shape inference through every layer, so ``sfspec validate``
-reports shape errors without building a module. ``walk_stack`` is shared with the builder:
-with ``build=True`` it also makes the modules.
+reports shape errors without building a module. The plan lists each stack's layers as resolved
+nodes (layer, arguments, input and output shape, spec position); building only maps nodes to
+modules (``sfspec.compiler.build``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sfspec.compiler import layers as _builtin_layers  # noqa: F401 (registers the built-in layers)
-from sfspec.compiler.budget import layer_count_issues
-from sfspec.compiler.shapes import ShapeError, build_layer, format_shape, infer_layer, parse_layer_item
+from sfspec.compiler.config import ModelConfig
+from sfspec.compiler.layer_count import layer_count_issues
+from sfspec.compiler.registry import LAYERS
+from sfspec.compiler.shapes import ShapeError, format_shape, infer_layer, parse_layer_item
 from sfspec.compiler.spaces import ActionLayout, ObsInput, SpaceError, action_layout, describe_space, observation_inputs
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
-from sfspec.spec.loader import SourceMap
+from sfspec.sourcemap import SourceMap
 
 MODEL = ("model",)
+PARTS = ("encoder", "core", "decoder")
+
+
+@dataclass(frozen=True)
+class LayerNode:
+    """One top-level layer of a stack, resolved: what to build, from what shape, and where it is written.
+
+    ``in_shape`` and ``out_shape`` are None where only building can tell: after a custom component
+    or a plugin layer without a shape rule (the builder then carries the built shapes on).
+    """
+
+    part: str  # encoder | core | decoder
+    label: str  # its row in summaries: actor.encoder.inputs.camera[0]
+    layer: str  # the layer's name, or custom:NAME for a registered component
+    args: dict  # arguments with the defaults applied (a component: its params)
+    path: tuple  # spec path: the source position is smap.locate(path)
+    in_shape: tuple | None
+    out_shape: tuple | None
+    branch: str | None = None  # encoder branches: the observation key the layer belongs to
+    custom: str | None = None  # a registered component's name
+    recurrent: bool = False  # carries state (gru, lstm)
 
 
 @dataclass(frozen=True)
 class StackPlan:
-    """One encoder -> core -> decoder stack: what it observes and where its parts are in the spec."""
+    """One encoder -> core -> decoder stack: what it observes, its parts in the spec, and its nodes."""
 
     name: str  # actor | critic | shared
     observe: tuple[str, ...]
@@ -32,6 +56,26 @@ class StackPlan:
     core: Any
     decoder: Any
     paths: dict  # part -> spec path it came from
+    nodes: tuple[LayerNode, ...] = ()  # filled by planning, in build order
+    part_shapes: dict = field(default_factory=dict)  # part -> output shape (None: known once built)
+
+    @property
+    def encoder_kind(self) -> str:
+        """custom | list (one layer list) | branched (per-input lists, then shared layers)."""
+        if _is_custom(self.encoder):
+            return "custom"
+        return "list" if isinstance(self.encoder, list) else "branched"
+
+    @property
+    def branch_keys(self) -> tuple[str, ...]:
+        """Observed inputs with a branch of their own (an empty list counts: it is an identity)."""
+        if self.encoder_kind != "branched":
+            return ()
+        return tuple(k for k in self.observe if k in self.encoder.get("inputs", {}))
+
+    def part_nodes(self, part: str, branch: str | None = None) -> list[LayerNode]:
+        """The nodes of one part (for the encoder: of one branch, or of the shared layers)."""
+        return [n for n in self.nodes if n.part == part and (part != "encoder" or n.branch == branch)]
 
 
 @dataclass
@@ -41,29 +85,14 @@ class ModelPlan:
     model: dict  # the model section, as written
     inputs: dict[str, ObsInput]
     action: ActionLayout
-    stacks: list[StackPlan]  # one when weights are shared, else actor then critic
+    stacks: list[StackPlan]  # one when weights are shared, else actor then critic; with their nodes
     shared: bool
     mask_key: str | None
     normalize_keys: tuple[str, ...]
-    normalize_clip: float
-    normalize_epsilon: float
-    std: dict
-    bounds: str
-    init: dict
+    config: ModelConfig  # the scalar options, with the schema's defaults
     obs_space: Any = None
     action_space: Any = None
     custom_model: str | None = None
-    shapes: dict = field(default_factory=dict)  # stack name -> output shape of each part
-
-
-@dataclass
-class Row:
-    """One layer of a built or planned stack, for summaries."""
-
-    path: str
-    layer: str
-    out_shape: tuple | None
-    module: Any = None
 
 
 def _issue(smap: SourceMap, path: tuple, message: str, key: bool = False) -> SpecIssue:
@@ -76,7 +105,36 @@ def plan_model(spec: dict, obs_space: Any, action_space: Any, smap: SourceMap, e
     too_many = layer_count_issues(spec, smap)  # before any walk expands a repeat
     if too_many:
         raise SpecError(too_many)
-    issues: list[SpecIssue] = []
+    inputs, layout = _spaces(model, obs_space, action_space, smap, env_name)
+    config = ModelConfig.from_spec(model)
+    issues = _check_action_options(model.get("action", {}), layout, inputs, smap, env_name)
+    observable = [k for k in inputs if k != config.mask]
+    norm_keys, norm_issues = _normalize_keys(model, config, inputs, observable, smap, env_name)
+    stacks, stack_issues = _resolve_stacks(model, observable, inputs, smap, env_name)
+    issues += norm_issues + stack_issues
+    custom_model = model.get("custom")
+    if not issues and custom_model is None:
+        stacks, shape_issues = _plan_stacks(stacks, inputs, smap)
+        issues += shape_issues
+    if issues:
+        raise SpecError(list({(i.path, i.message): i for i in issues}.values()))
+    return ModelPlan(
+        model=model,
+        inputs=inputs,
+        action=layout,
+        stacks=stacks,
+        shared=bool(model.get("share_weights", False)),
+        mask_key=config.mask,
+        normalize_keys=norm_keys,
+        config=config,
+        obs_space=obs_space,
+        action_space=action_space,
+        custom_model=custom_model,
+    )
+
+
+def _spaces(model: dict, obs_space: Any, action_space: Any, smap: SourceMap, env_name: str) -> tuple:
+    """The model's named inputs and action layout, or a SpecError saying why the spaces do not fit."""
     try:
         inputs = observation_inputs(obs_space, model.get("preprocess"))
     except SpaceError as exc:
@@ -86,54 +144,35 @@ def plan_model(spec: dict, obs_space: Any, action_space: Any, smap: SourceMap, e
         layout = action_layout(action_space)
     except SpaceError as exc:
         raise SpecError(_issue(smap, ("env", "id"), str(exc))) from None
+    return inputs, layout
 
-    action = model.get("action", {})
-    mask_key = action.get("mask")
-    issues += _check_action_options(action, layout, inputs, smap, env_name)
-    observable = [k for k in inputs if k != mask_key]
 
-    normalize = model.get("normalize_obs", False)
-    norm_cfg = normalize if isinstance(normalize, dict) else {}
-    norm_keys: tuple[str, ...] = ()
-    if normalize:
-        wanted = norm_cfg.get("keys")
-        for i, key in enumerate(wanted or []):
-            if key not in inputs:
-                issues.append(_issue(smap, MODEL + ("normalize_obs", "keys", i), _no_key(key, inputs, env_name)))
-        norm_keys = tuple(k for k in (wanted or observable) if k in inputs and inputs[k].normalizable)
+def _normalize_keys(
+    model: dict, config: ModelConfig, inputs: dict, observable: list, smap: SourceMap, env_name: str
+) -> tuple[tuple[str, ...], list[SpecIssue]]:
+    """The inputs the running normaliser applies to, and the problems with the keys the spec names."""
+    if not config.normalize:
+        return (), []
+    normalize = model.get("normalize_obs")
+    wanted = normalize.get("keys") if isinstance(normalize, dict) else None
+    issues = [
+        _issue(smap, MODEL + ("normalize_obs", "keys", i), _no_key(key, inputs, env_name))
+        for i, key in enumerate(wanted or [])
+        if key not in inputs
+    ]
+    return tuple(k for k in (wanted or observable) if k in inputs and inputs[k].normalizable), issues
 
-    stacks, stack_issues = _resolve_stacks(model, observable, inputs, smap, env_name)
-    issues += stack_issues
-    plan = ModelPlan(
-        model=model,
-        inputs=inputs,
-        action=layout,
-        stacks=stacks,
-        shared=bool(model.get("share_weights", False)),
-        mask_key=mask_key,
-        normalize_keys=norm_keys,
-        normalize_clip=float(norm_cfg.get("clip", 5.0)),
-        normalize_epsilon=float(norm_cfg.get("epsilon", 1e-8)),
-        std=action.get("std", {}),
-        bounds=action.get("bounds", "clip"),
-        init=model.get("init", {}),
-        obs_space=obs_space,
-        action_space=action_space,
-        custom_model=model.get("custom"),
-    )
-    if not issues and plan.custom_model is None:
-        shape_issues: dict[tuple, SpecIssue] = {}
-        for stack in stacks:
-            try:
-                result = walk_stack(stack, inputs, build=False)
-                plan.shapes[stack.name] = result.part_shapes
-            except ShapeError as exc:
-                # actor and critic share spec parts: a layer failing in both (maybe on other shapes) is one error
-                shape_issues.setdefault(exc.path, _issue(smap, exc.path, exc.message))
-        issues += shape_issues.values()
-    if issues:
-        raise SpecError(list({(i.path, i.message): i for i in issues}.values()))
-    return plan
+
+def _plan_stacks(stacks: list[StackPlan], inputs: dict, smap: SourceMap) -> tuple[list[StackPlan], list[SpecIssue]]:
+    """Each stack with its nodes, or the shape problems found on the way."""
+    planned, shape_issues = [], {}
+    for stack in stacks:
+        try:
+            planned.append(plan_stack(stack, inputs))
+        except ShapeError as exc:
+            # actor and critic share spec parts: a layer failing in both (maybe on other shapes) is one error
+            shape_issues.setdefault(exc.path, _issue(smap, exc.path, exc.message))
+    return planned, list(shape_issues.values())
 
 
 def _no_key(key: str, inputs: dict, env_name: str) -> str:
@@ -255,116 +294,29 @@ def _owner(stack_name: str) -> str:
     return "actor" if stack_name == "shared" else stack_name
 
 
-# ---------------------------------------------------------------- the walk shared by planning and building
-
-
-@dataclass
-class StackResult:
-    """Output of walking one stack: modules (when built), rows and shapes."""
-
-    encoder: Any = None
-    core_items: list = field(default_factory=list)  # (module, builder) per core layer, when built
-    decoder: Any = None
-    branches: dict = field(default_factory=dict)  # observation key -> module (branched encoders)
-    trunk: Any = None  # layers after the branches' concatenation
-    rows: list[Row] = field(default_factory=list)
-    part_shapes: dict = field(default_factory=dict)
+# ---------------------------------------------------------------- the nodes of a stack (shape inference)
 
 
 def _is_custom(part: Any) -> bool:
     return isinstance(part, dict) and "custom" in part
 
 
-def _walk_list(items: list, shape: tuple | None, path: tuple, section: str, build: bool, rows: list, label: str):
-    """Infer (and build) a layer list; returns (modules, shape)."""
-    modules = []
-    for i, item in enumerate(items):
-        if shape is None:
-            return modules, None
-        name, _ = parse_layer_item(item)
-        if build:
-            module, shape, builder = build_layer(item, shape, path + (i,), section)
-            modules.append((module, builder))
-        else:
-            shape = infer_layer(item, shape, path + (i,), section)
-            module = None
-        rows.append(Row(f"{label}[{i}]", name, shape, module))
-    return modules, shape
+def encoder_input_shape(observe: tuple[str, ...], inputs: dict[str, ObsInput]) -> tuple:
+    """What a plain encoder layer list takes: the one input as it is, or every input flattened and joined."""
+    if len(observe) == 1:
+        return inputs[observe[0]].shape
+    return concat_shape([inputs[k].shape for k in observe])
 
 
-def _flat_size(shape: tuple) -> int:
-    return math.prod(shape)
+def concat_shape(shapes: list[tuple | None]) -> tuple | None:
+    """The shape of flattened inputs joined on the feature axis (None if one is not known)."""
+    if any(s is None for s in shapes):
+        return None
+    return (sum(math.prod(s) for s in shapes),)
 
 
-def walk_stack(stack: StackPlan, inputs: dict[str, ObsInput], build: bool) -> StackResult:
-    """Shape-check one stack; with ``build`` also make its modules (imports torch)."""
-    result = StackResult()
-    label = stack.name
-    enc = stack.encoder
-    enc_path = stack.paths["encoder"]
-    if _is_custom(enc):
-        shape = _custom_component("encoder", enc, inputs, stack, result, build)
-    elif isinstance(enc, list):
-        if len(stack.observe) == 1:
-            shape = inputs[stack.observe[0]].shape
-        else:
-            shape = (sum(_flat_size(inputs[k].shape) for k in stack.observe),)
-        mods, shape = _walk_list(enc, shape, enc_path, "encoder", build, result.rows, f"{label}.encoder")
-        result.trunk = mods
-    else:
-        total: int | None = 0
-        for key in stack.observe:
-            items = enc.get("inputs", {}).get(key)
-            if items is None:
-                out = inputs[key].shape
-            else:
-                mods, out = _walk_list(
-                    items,
-                    inputs[key].shape,
-                    enc_path + ("inputs", key),
-                    "encoder",
-                    build,
-                    result.rows,
-                    f"{label}.encoder.inputs.{key}",
-                )
-                result.branches[key] = mods
-            total = None if out is None or total is None else total + _flat_size(out)
-        shape = (total,) if total is not None else None
-        mods, shape = _walk_list(
-            enc.get("layers", []),
-            shape,
-            enc_path + ("layers",),
-            "encoder",
-            build,
-            result.rows,
-            f"{label}.encoder.layers",
-        )
-        result.trunk = mods
-    _need_vector(shape, enc_path, "encoder")
-    result.part_shapes["encoder"] = shape
-
-    core = stack.core
-    if _is_custom(core):
-        shape = _custom_component("core", core, shape, stack, result, build)
-    else:
-        result.core_items, shape = _walk_list(
-            core, shape, stack.paths["core"], "core", build, result.rows, f"{label}.core"
-        )
-    _need_vector(shape, stack.paths["core"], "core")
-    result.part_shapes["core"] = shape
-
-    dec = stack.decoder
-    if _is_custom(dec):
-        shape = _custom_component("decoder", dec, shape, stack, result, build)
-    else:
-        mods, shape = _walk_list(dec, shape, stack.paths["decoder"], "decoder", build, result.rows, f"{label}.decoder")
-        result.decoder = mods
-    _need_vector(shape, stack.paths["decoder"], "decoder")
-    result.part_shapes["decoder"] = shape
-    return result
-
-
-def _need_vector(shape: tuple | None, path: tuple, part: str) -> None:
+def need_vector(shape: tuple | None, path: tuple, part: str) -> None:
+    """Raise ShapeError unless a part's output is a vector (or not known yet)."""
     if shape is not None and len(shape) != 1:
         raise ShapeError(
             path,
@@ -372,15 +324,59 @@ def _need_vector(shape: tuple | None, path: tuple, part: str) -> None:
         )
 
 
-def _custom_component(
-    section: str, cfg: dict, inputs_or_shape: Any, stack: StackPlan, result: StackResult, build: bool
-):
-    """Instantiate a registered component (only when building: its sizes are known only then)."""
-    if not build:
-        return None
-    from sfspec.compiler.build import make_custom_component
+def plan_stack(stack: StackPlan, inputs: dict[str, ObsInput]) -> StackPlan:
+    """The stack with its nodes and part shapes (raises ShapeError at the first layer that cannot fit)."""
+    nodes: list[LayerNode] = []
+    shapes: dict[str, tuple | None] = {}
+    shape = _plan_encoder(stack, inputs, nodes)
+    need_vector(shape, stack.paths["encoder"], "encoder")
+    shapes["encoder"] = shape
+    for part in ("core", "decoder"):
+        items, path = getattr(stack, part), stack.paths[part]
+        if _is_custom(items):
+            shape = _custom_node(part, items, shape, stack, nodes)
+        else:
+            shape = _plan_list(items, shape, path, part, f"{stack.name}.{part}", nodes)
+        need_vector(shape, path, part)
+        shapes[part] = shape
+    return replace(stack, nodes=tuple(nodes), part_shapes=shapes)
 
-    module, out_size = make_custom_component(section, cfg, inputs_or_shape, stack)
-    setattr(result, section if section != "core" else "core_items", module if section != "core" else [(module, None)])
-    result.rows.append(Row(f"{stack.name}.{section}", f"custom:{cfg['custom']}", (out_size,), module))
-    return (out_size,)
+
+def _plan_encoder(stack: StackPlan, inputs: dict[str, ObsInput], nodes: list) -> tuple | None:
+    enc, path, label = stack.encoder, stack.paths["encoder"], f"{stack.name}.encoder"
+    if stack.encoder_kind == "custom":
+        return _custom_node("encoder", enc, None, stack, nodes)
+    if stack.encoder_kind == "list":
+        return _plan_list(enc, encoder_input_shape(stack.observe, inputs), path, "encoder", label, nodes)
+    outs = []
+    for key in stack.observe:
+        if key in stack.branch_keys:
+            items, where = enc["inputs"][key], path + ("inputs", key)
+            outs.append(_plan_list(items, inputs[key].shape, where, "encoder", f"{label}.inputs.{key}", nodes, key))
+        else:
+            outs.append(inputs[key].shape)
+    layers = enc.get("layers", [])
+    return _plan_list(layers, concat_shape(outs), path + ("layers",), "encoder", f"{label}.layers", nodes)
+
+
+def _plan_list(
+    items: list, shape: tuple | None, path: tuple, part: str, label: str, nodes: list, branch: str | None = None
+) -> tuple | None:
+    """Append one node per item; returns the list's output shape (None once a shape is not known)."""
+    for i, item in enumerate(items):
+        name, args = parse_layer_item(item)
+        out = None if shape is None else infer_layer(item, shape, path + (i,), part)
+        recurrent = LAYERS.get(name).recurrent
+        nodes.append(LayerNode(part, f"{label}[{i}]", name, args, path + (i,), shape, out, branch, None, recurrent))
+        shape = out
+    return shape
+
+
+def _custom_node(part: str, cfg: dict, shape: tuple | None, stack: StackPlan, nodes: list) -> None:
+    """A registered component's node: its output width is known only once it is built."""
+    name = cfg["custom"]
+    params = cfg.get("params", {})
+    nodes.append(
+        LayerNode(part, f"{stack.name}.{part}", f"custom:{name}", params, stack.paths[part], shape, None, None, name)
+    )
+    return None

@@ -77,7 +77,9 @@ class LayerBuilder:
     ``params`` is the JSON Schema ``properties`` of the layer's arguments; ``primary`` names the
     argument written inline (``- linear: 64``). ``infer(call)`` returns the output shape without
     torch; ``build(call)`` returns the ``nn.Module``. Without ``infer``, the compiler finds the
-    output shape by running the built module on a zero input.
+    output shape by running the built module on a zero input. ``expand(args)``, for a layer that
+    stands for a fixed list of simpler ones (``mlp``), returns that list: estimates (layer count,
+    parameters) read it instead of building anything.
     """
 
     name: str
@@ -89,6 +91,7 @@ class LayerBuilder:
     sections: frozenset = SECTIONS
     recurrent: bool = False
     description: str = ""
+    expand: Callable[[dict], list] | None = None
 
     def defaults(self) -> dict:
         """Argument defaults declared in the schema fragment."""
@@ -121,6 +124,7 @@ def register_layer(
     sections: frozenset | set | tuple = SECTIONS,
     recurrent: bool = False,
     description: str = "",
+    expand: Callable[[dict], list] | None = None,
     force: bool = False,
 ) -> Any:
     """Register a layer builder by name; usable as a decorator on the build function."""
@@ -141,6 +145,7 @@ def register_layer(
             sections=frozenset(sections),
             recurrent=recurrent,
             description=description or (fn.__doc__ or "").strip().split("\n")[0],
+            expand=expand,
         )
         LAYERS.register(name, builder, force=force)
         return fn

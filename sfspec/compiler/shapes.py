@@ -76,8 +76,7 @@ def format_shape(shape: Shape | None) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _call(item: Any, shape: Shape, path: tuple, section: str) -> tuple[LayerBuilder, LayerCall]:
-    name, args = parse_layer_item(item)
+def _call(name: str, args: dict, shape: Shape, path: tuple, section: str) -> tuple[LayerBuilder, LayerCall]:
     builder = LAYERS.get(name)
     if section not in builder.sections:
         allowed = ", ".join(f"model.{s}" for s in sorted(builder.sections))
@@ -86,15 +85,18 @@ def _call(item: Any, shape: Shape, path: tuple, section: str) -> tuple[LayerBuil
     return builder, LayerCall(name, args, tuple(shape), path, section)
 
 
-def infer_layer(item: Any, shape: Shape, path: tuple, section: str) -> Shape | None:
-    """Output shape of one layer, or None where only building the module can tell (plugins)."""
-    builder, call = _call(item, shape, path, section)
+def _infer(builder: LayerBuilder, call: LayerCall) -> Shape | None:
     if builder.infer is None:
         return None
     out = tuple(builder.infer(call))
     if any(not isinstance(d, int) or d <= 0 for d in out):
         call.fail(f"it would produce shape {format_shape(out)}")
     return out
+
+
+def infer_layer(item: Any, shape: Shape, path: tuple, section: str) -> Shape | None:
+    """Output shape of one layer, or None where only building the module can tell (plugins)."""
+    return _infer(*_call(*parse_layer_item(item), shape, path, section))
 
 
 def infer_layers(items: list, shape: Shape | None, path: tuple, section: str) -> Shape | None:
@@ -108,12 +110,19 @@ def infer_layers(items: list, shape: Shape | None, path: tuple, section: str) ->
 
 def build_layer(item: Any, shape: Shape, path: tuple, section: str) -> tuple[nn.Module, Shape, LayerBuilder]:
     """Build one layer's module and return it with its output shape and builder."""
-    builder, call = _call(item, shape, path, section)
-    out = infer_layer(item, shape, path, section)
+    name, args = parse_layer_item(item)
+    module, out = build_parsed(name, args, shape, path, section)
+    return module, out, LAYERS.get(name)
+
+
+def build_parsed(name: str, args: dict, shape: Shape, path: tuple, section: str) -> tuple[nn.Module, Shape]:
+    """Build a layer given by name and arguments (defaults applied); returns the module and its output shape."""
+    builder, call = _call(name, args, shape, path, section)
+    out = _infer(builder, call)
     module = builder.build(call)
     if out is None:
         out = _probe_shape(module, shape, call)
-    return module, out, builder
+    return module, out
 
 
 def build_layers(items: list, shape: Shape, path: tuple, section: str) -> tuple[nn.Module, Shape]:

@@ -6,71 +6,20 @@ inside), then, for recurrent models, the state of each recurrent layer as named 
 (``h_in``, and ``c_in`` for an LSTM) and a per-row ``reset`` flag that zeroes memory. Its outputs
 are the deterministic actions already mapped to the action space's bounds, one tensor per action
 part, then the next state (``h_out``, ``c_out``) and, if asked, the value.
+
+It reads the model through the model contract only (``state_slots``, ``policy_step``,
+``action_mask``, ``action_head``, ``preprocessor``), so any ``ActorCritic`` exports the same way.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from sfspec.compiler.build import CompiledActorCritic, SpecCore
 from sfspec.compiler.model import ActorCritic
-
-
-@dataclass(frozen=True)
-class StateSlot:
-    """One named recurrent state tensor: its place in the flat state and its exported shape."""
-
-    name: str  # without the _in / _out suffix: "h", "c", "h_1", "critic_h", ...
-    start: int  # offset in the model's flat (B, S) state
-    layers: int
-    hidden: int
-
-    @property
-    def width(self) -> int:
-        """Columns of the flat state it covers."""
-        return self.layers * self.hidden
-
-
-def _core_slots(core: nn.Module, offset: int) -> list[tuple[str, int, int, int]]:
-    """(kind, start, layers, hidden) per state tensor of one stack's core."""
-    if isinstance(core, SpecCore):
-        out = []
-        for kind, (start, layers, hidden) in zip(core.kinds, core.state_slices):
-            if kind == "ff":
-                continue
-            out.append(("h", offset + start, layers, hidden))
-            if kind == "lstm":
-                out.append(("c", offset + start + layers * hidden, layers, hidden))
-        return out
-    size = core.state_size() if hasattr(core, "state_size") else 0
-    return [("h", offset, 1, size)] if size else []
-
-
-def state_slots(model: ActorCritic, with_value: bool) -> list[StateSlot]:
-    """The named state tensors a deployed policy carries (the critic's only with the value)."""
-    if isinstance(model, CompiledActorCritic):
-        stacks = [("", model.actor_stack, 0)]
-        if with_value and model.critic_stack is not None:
-            stacks.append(("critic_", model.critic_stack, model.actor_state_size))
-        raw = [(prefix, *slot) for prefix, stack, offset in stacks for slot in _core_slots(stack.core, offset)]
-    else:
-        raw = [("", "h", 0, 1, model.state_size)] if model.state_size else []
-    counts: dict[tuple[str, str], int] = {}
-    for prefix, kind, *_ in raw:
-        counts[(prefix, kind)] = counts.get((prefix, kind), 0) + 1
-    seen: dict[tuple[str, str], int] = {}
-    slots = []
-    for prefix, kind, start, layers, hidden in raw:
-        index = seen.get((prefix, kind), 0)
-        seen[(prefix, kind)] = index + 1
-        suffix = f"_{index}" if counts[(prefix, kind)] > 1 else ""
-        slots.append(StateSlot(f"{prefix}{kind}{suffix}", start, layers, hidden))
-    return slots
 
 
 class DeployPolicy(nn.Module):
@@ -81,18 +30,9 @@ class DeployPolicy(nn.Module):
         self.model = model.eval()
         self.with_value = with_value
         self.obs_keys = list(model.inputs)
-        self.slots = state_slots(model, with_value)
-        # A compiled model without the value need not run (or carry state for) the critic.
-        self.actor_only = isinstance(model, CompiledActorCritic) and model.critic_stack is not None and not with_value
+        self.slots = model.state_slots(with_value)
         self.head = model.action_head
         self.parts = [(p.kind, p.size, tuple(p.space.shape)) for p in model.layout.parts]
-        # Spec-built cores run on the named states directly; custom cores get the flat state.
-        stacks = [getattr(model, "actor_stack", None), getattr(model, "critic_stack", None)]
-        self.direct = isinstance(model, CompiledActorCritic) and all(
-            isinstance(s.core, SpecCore) for s in stacks if s is not None
-        )
-        actor_width = getattr(model, "actor_state_size", 0)
-        self.actor_slot_count = sum(s.start < actor_width for s in self.slots)
         self.compute_dtype: torch.dtype | None = None  # set on the float64 reference copy only
 
     def float64_copy(self) -> DeployPolicy:
@@ -146,11 +86,8 @@ class DeployPolicy(nn.Module):
         normalized = self.model.preprocessor(obs)
         if self.compute_dtype is not None:  # the preprocessor casts to float32; the reference continues in float64
             normalized = {k: v.to(self.compute_dtype) for k, v in normalized.items()}
-        if self.direct:
-            params, new_states, value = self._direct(normalized, states)
-        else:
-            params, new_states, value = self._through_flat_state(normalized, states, batch, inputs[0])
-        return params, self.model._mask(obs), new_states, value, batch
+        params, new_states, value = self.model.policy_step(normalized, states, self.with_value)
+        return params, self.model.action_mask(obs), new_states, value, batch
 
     def _margins(self, params: torch.Tensor, mask: torch.Tensor | None, batch: int) -> list:
         """Per action part: the decision margin of every discrete value (batch, *shape), None for Gaussians."""
@@ -178,39 +115,6 @@ class DeployPolicy(nn.Module):
             return []
         keep = 1.0 - state_inputs[-1].to(torch.float32).reshape(batch, 1, 1)
         return [s * keep for s in state_inputs[:-1]]
-
-    def _direct(self, normalized: dict, states: list[torch.Tensor]) -> tuple:
-        """A compiled model run stack by stack on the named states: no flat-state round trip in the graph."""
-        model = self.model
-        n_actor = self.actor_slot_count
-        x, new_states = self._run_stack(model.actor_stack, normalized, states[:n_actor])
-        params, value = model.action_parameterization(x), None
-        if self.with_value and model.critic_stack is None:
-            value = model.critic_linear(x).squeeze(-1)
-        elif self.with_value:
-            critic_x, critic_states = self._run_stack(model.critic_stack, normalized, states[n_actor:])
-            value = model.critic_linear(critic_x).squeeze(-1)
-            new_states += critic_states
-        return params, new_states, value
-
-    @staticmethod
-    def _run_stack(stack: nn.Module, normalized: dict, states: list[torch.Tensor]) -> tuple:
-        x = stack.encoder(normalized)
-        torch_layout = [s.transpose(0, 1).contiguous() for s in states]  # torch's (layers, batch, hidden)
-        x, new_states = stack.core.forward_layers(x, torch_layout)
-        return stack.decoder(x), [h.transpose(0, 1) for h in new_states]
-
-    def _through_flat_state(self, normalized: dict, states: list, batch: int, like: torch.Tensor) -> tuple:
-        """Any other model: its cores take and return the flat (B, S) state."""
-        flat = torch.cat([s.reshape(batch, -1) for s in states], dim=1) if states else like.new_zeros(batch, 0)
-        if self.actor_only:
-            x, new_flat = self.model.actor_stack(normalized, flat)
-            params, value = self.model.action_parameterization(x), None
-        else:
-            out = self.model(normalized, flat)
-            params, new_flat, value = out["action_params"], out["new_rnn_states"], out["values"]
-        new_states = [new_flat[:, s.start : s.start + s.width].reshape(batch, s.layers, s.hidden) for s in self.slots]
-        return params, new_states, value
 
     def _split_actions(self, actions: torch.Tensor, batch: int) -> list[torch.Tensor]:
         """One tensor per action part, shaped and typed like the space's samples (batched)."""

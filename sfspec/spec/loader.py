@@ -16,24 +16,7 @@ from typing import Any
 import yaml
 
 from sfspec.errors import Location, SpecError, SpecIssue, did_you_mean, format_path, spec_error
-
-
-@dataclass
-class SourceMap:
-    """Positions of the values (and of the keys naming them) in a spec tree, by path."""
-
-    values: dict[tuple, Location] = field(default_factory=dict)
-    keys: dict[tuple, Location] = field(default_factory=dict)
-
-    def locate(self, path: Sequence, key: bool = False) -> Location | None:
-        """The position of ``path`` (its key if asked), else of its nearest known ancestor."""
-        path = tuple(path)
-        if key and path in self.keys:
-            return self.keys[path]
-        for n in range(len(path), -1, -1):
-            if path[:n] in self.values:
-                return self.values[path[:n]]
-        return None
+from sfspec.sourcemap import SourceMap  # its own module (the compiler uses it); importable from here too
 
 
 @dataclass

@@ -1,0 +1,283 @@
+"""The modules a spec builds: encoder, core and decoder per stack, and the compiled actor-critic.
+
+``CompiledActorCritic`` implements the model contract of ``sfspec.compiler.model.ActorCritic``
+with its stacks: state slots from its cores' layers, and a policy step that runs spec-built cores
+on the named states directly (no flat-state round trip in exported graphs).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sfspec.compiler.components import Config, Decoder, Encoder, ModelCore
+from sfspec.compiler.model import ActorCritic, ModuleRow, ObsDict, StateSlot, named_slots
+from sfspec.compiler.plan import ModelPlan
+
+
+class SpecEncoder(Encoder):
+    """Encoder from a spec: per-key branches, concatenation, then shared layers."""
+
+    def __init__(
+        self, keys: tuple[str, ...], branches: dict[str, nn.Module], trunk: nn.Module, out_size: int, single: bool
+    ):
+        super().__init__(Config())
+        self.keys = list(keys)
+        self.branch_keys = [k for k in keys if k in branches]
+        self.branches = nn.ModuleList(branches[k] for k in self.branch_keys)
+        self.trunk = trunk
+        self.out_size = out_size
+        self.single = single  # one observed input and a plain layer list: no flattening
+
+    def get_out_size(self) -> int:
+        """Width of the feature vector."""
+        return self.out_size
+
+    def forward(self, obs: ObsDict) -> torch.Tensor:
+        if self.single:
+            return self.trunk(obs[self.keys[0]])
+        parts = []
+        for key in self.keys:
+            x = obs[key]
+            if key in self.branch_keys:
+                x = self.branches[self.branch_keys.index(key)](x)
+            parts.append(x.flatten(1))
+        return self.trunk(torch.cat(parts, dim=1))
+
+
+class SpecCore(ModelCore):
+    """Core from a spec: feed-forward layers and GRU/LSTM layers, state carried as one flat tensor."""
+
+    def __init__(self, items: list[tuple[nn.Module, str]], out_size: int):
+        """``items``: (module, kind) per layer, kind gru, lstm or ff (anything without state)."""
+        super().__init__(Config())
+        self.layers = nn.ModuleList(m for m, _ in items)
+        self.kinds: list[str] = []
+        self.state_slices: list[tuple[int, int, int]] = []  # (start, num_layers, hidden) per layer
+        start = 0
+        for module, kind in items:
+            self.kinds.append(kind)
+            if kind == "ff":
+                self.state_slices.append((start, 0, 0))
+                continue
+            self.state_slices.append((start, module.num_layers, module.hidden_size))
+            start += module.num_layers * module.hidden_size * (2 if kind == "lstm" else 1)
+        self._state_size = start
+        self.out_size = out_size
+
+    def get_out_size(self) -> int:
+        """Width of the core's output."""
+        return self.out_size
+
+    def state_size(self) -> int:
+        """Width of the flat recurrent state."""
+        return self._state_size
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._state_size:
+            return self.forward_layers(x, [])[0], state
+        x, states = self.forward_layers(x, self.unpack_state(state))
+        return x, self.pack_state(states)
+
+    def forward_sequence(
+        self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like ``ModelCore.forward_sequence``, unpacking the flat state once rather than every step."""
+        if not self._state_size:
+            steps, batch = x.shape[:2]
+            return self.forward_layers(x.reshape(steps * batch, -1), [])[0].reshape(steps, batch, -1), state
+        states, outputs = self.unpack_state(state), []
+        for t in range(x.shape[0]):
+            keep = (1.0 - starts[t]).reshape(1, -1, 1)
+            out, states = self.forward_layers(x[t], [s * keep for s in states])
+            outputs.append(out)
+        return torch.stack(outputs), self.pack_state(states)
+
+    def forward_layers(self, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One step on per-layer states in torch's (layers, batch, hidden) layout: h, then c for an LSTM."""
+        new_states: list[torch.Tensor] = []
+        for layer, kind in zip(self.layers, self.kinds):
+            if kind == "ff":
+                x = layer(x)
+                continue
+            i = len(new_states)
+            if kind == "gru":
+                y, h = layer(x.unsqueeze(0), states[i])
+                new_states.append(h)
+            else:
+                y, (h, c) = layer(x.unsqueeze(0), (states[i], states[i + 1]))
+                new_states += [h, c]
+            x = y.squeeze(0)
+        return x, new_states
+
+    def unpack_state(self, state: torch.Tensor) -> list[torch.Tensor]:
+        """The flat (B, S) state as ``forward_layers`` takes it."""
+        out = []
+        for kind, (start, layers, hidden) in zip(self.kinds, self.state_slices):
+            starts = {"ff": (), "gru": (start,), "lstm": (start, start + layers * hidden)}[kind]
+            out += [_unpack(state, s, layers, hidden) for s in starts]
+        return out
+
+    def state_parts(self) -> list[tuple[str, int, int, int]]:
+        """(h or c, start in the flat state, layers, hidden) per state tensor, in order."""
+        out = []
+        for kind, (start, layers, hidden) in zip(self.kinds, self.state_slices):
+            if kind != "ff":
+                out.append(("h", start, layers, hidden))
+            if kind == "lstm":
+                out.append(("c", start + layers * hidden, layers, hidden))
+        return out
+
+    def pack_state(self, states: list[torch.Tensor]) -> torch.Tensor:
+        """Per-layer states back to the flat (B, S) state."""
+        return torch.cat([_pack(h) for h in states], dim=1)
+
+
+def _unpack(state: torch.Tensor, start: int, layers: int, hidden: int) -> torch.Tensor:
+    """A slice of the flat (B, S) state as torch's (layers, B, hidden)."""
+    flat = state[:, start : start + layers * hidden]
+    return flat.reshape(state.shape[0], layers, hidden).transpose(0, 1).contiguous()
+
+
+def _pack(h: torch.Tensor) -> torch.Tensor:
+    """torch's (layers, B, hidden) state back to a flat (B, layers * hidden) slice."""
+    return h.transpose(0, 1).reshape(h.shape[1], -1)
+
+
+class SpecDecoder(Decoder):
+    """Decoder from a spec: a plain layer list."""
+
+    def __init__(self, layers: nn.Module, out_size: int):
+        super().__init__(Config())
+        self.layers = layers
+        self.out_size = out_size
+
+    def get_out_size(self) -> int:
+        """Width of the decoder's output."""
+        return self.out_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class Stack(nn.Module):
+    """encoder -> core -> decoder for the actor, the critic, or both."""
+
+    def __init__(self, encoder: nn.Module, core: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.core, self.decoder = encoder, core, decoder
+        self.state_size = core.state_size() if hasattr(core, "state_size") else 0
+        self.named_core = isinstance(core, SpecCore)  # else a custom core: it takes the flat state
+
+    def out_size(self) -> int:
+        """Width of the features handed to the heads."""
+        return self.decoder.get_out_size()
+
+    def state_parts(self) -> list[tuple[str, int, int, int]]:
+        """(h or c, start in this stack's flat state, layers, hidden) per state tensor."""
+        if self.named_core:
+            return self.core.state_parts()
+        return [("h", 0, 1, self.state_size)] if self.state_size else []
+
+    def forward(self, obs: ObsDict, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, new_state = self.core(self.encoder(obs), state)
+        return self.decoder(x), new_state
+
+    def step(self, obs: ObsDict, states: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features and next states for named (B, layers, hidden) states, one per ``state_parts``."""
+        x = self.encoder(obs)
+        if self.named_core:
+            torch_layout = [s.transpose(0, 1).contiguous() for s in states]  # torch's (layers, batch, hidden)
+            x, new_states = self.core.forward_layers(x, torch_layout)
+            return self.decoder(x), [h.transpose(0, 1) for h in new_states]
+        flat = states[0].flatten(1) if states else x.new_zeros(x.shape[0], 0)
+        x, new_flat = self.core(x, flat)
+        return self.decoder(x), [new_flat.unsqueeze(1)] if states else []
+
+    def forward_sequence(self, obs: ObsDict, state: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Features (T*B, F) for flattened (T, B) observations; only the core steps through time."""
+        steps, batch = starts.shape
+        x = self.encoder(obs)  # encoder and decoder are feed-forward: one batched call each
+        y, _ = self.core.forward_sequence(x.reshape(steps, batch, -1), state, starts)
+        return self.decoder(y.reshape(steps * batch, -1))
+
+
+class CompiledActorCritic(ActorCritic):
+    """The actor-critic a spec describes: one shared stack or an actor and a critic stack."""
+
+    def __init__(self, plan: ModelPlan, stacks: list[Stack], layer_rows: list[ModuleRow] | None = None):
+        super().__init__(plan.obs_space, plan.action_space, Config({}), plan=plan)
+        self.shared = plan.shared
+        self.stack_names = [s.name for s in plan.stacks]
+        self.actor_stack = stacks[0]
+        self.critic_stack = None if plan.shared else stacks[1]
+        critic = stacks[0] if plan.shared else stacks[1]
+        self.action_parameterization = self.get_action_parameterization(self.actor_stack.out_size())
+        self.critic_linear = nn.Linear(critic.out_size(), 1)
+        self.actor_state_size = self.actor_stack.state_size
+        self.state_size = sum(s.state_size for s in stacks)
+        self.actor_slot_count = len(self.actor_stack.state_parts())
+        self.layer_rows = list(layer_rows or [])  # plain references to submodules, for summaries
+
+    def forward(self, normalized_obs: ObsDict, rnn_states: torch.Tensor, values_only: bool = False) -> dict:
+        actor_state = rnn_states[:, : self.actor_state_size]
+        if self.critic_stack is None:
+            x, new_state = self.actor_stack(normalized_obs, actor_state)
+            out = {"values": self.critic_linear(x).squeeze(-1), "new_rnn_states": new_state}
+            if not values_only:
+                out["action_params"] = self.action_parameterization(x)
+            return out
+        critic_x, critic_state = self.critic_stack(normalized_obs, rnn_states[:, self.actor_state_size :])
+        out = {"values": self.critic_linear(critic_x).squeeze(-1)}
+        if values_only:
+            out["new_rnn_states"] = torch.cat([actor_state, critic_state], dim=1)
+            return out
+        actor_x, actor_state = self.actor_stack(normalized_obs, actor_state)
+        out["action_params"] = self.action_parameterization(actor_x)
+        out["new_rnn_states"] = torch.cat([actor_state, critic_state], dim=1)
+        return out
+
+    def state_slots(self, with_value: bool) -> list[StateSlot]:
+        """Per recurrent layer of each core: h (and c for an LSTM); the critic's only ``with_value``."""
+        stacks = [("", self.actor_stack, 0, self.stack_names[0])]
+        if with_value and self.critic_stack is not None:
+            stacks.append(("critic_", self.critic_stack, self.actor_state_size, self.stack_names[1]))
+        raw = [
+            (prefix, kind, offset + start, layers, hidden, name)
+            for prefix, stack, offset, name in stacks
+            for kind, start, layers, hidden in stack.state_parts()
+        ]
+        return named_slots(raw)
+
+    def policy_step(
+        self, normalized_obs: ObsDict, states: list[torch.Tensor], with_value: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+        """Stack by stack on the named states; without the value, a separate critic does not run."""
+        n_actor = self.actor_slot_count
+        x, new_states = self.actor_stack.step(normalized_obs, states[:n_actor])
+        params, value = self.action_parameterization(x), None
+        if with_value and self.critic_stack is None:
+            value = self.critic_linear(x).squeeze(-1)
+        elif with_value:
+            critic_x, critic_states = self.critic_stack.step(normalized_obs, states[n_actor:])
+            value = self.critic_linear(critic_x).squeeze(-1)
+            new_states = new_states + critic_states
+        return params, new_states, value
+
+    def summary_rows(self) -> list[ModuleRow]:
+        """Every planned layer of every stack, then the action head and the value head."""
+        actor, critic = self.stack_names[0], self.stack_names[-1]
+        head = self.action_parameterization
+        return [
+            *self.layer_rows,
+            ModuleRow(f"{actor}.action_head", "action_head", (head.linear.out_features,), head),
+            ModuleRow(f"{critic}.value_head", "linear", (1,), self.critic_linear),
+        ]
+
+    def _sequence_outputs(self, normalized: ObsDict, state: torch.Tensor, starts: torch.Tensor):
+        """Recurrent models: run encoders and heads batched over all steps, loop only the cores."""
+        actor_x = self.actor_stack.forward_sequence(normalized, state[:, : self.actor_state_size], starts)
+        critic_x = actor_x
+        if self.critic_stack is not None:
+            critic_x = self.critic_stack.forward_sequence(normalized, state[:, self.actor_state_size :], starts)
+        return self.action_parameterization(actor_x), self.critic_linear(critic_x).squeeze(-1)
