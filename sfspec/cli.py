@@ -233,7 +233,8 @@ def _load_weights(model, checkpoint: dict, source: str) -> None:
 
 def _eval_one(path: str, args: argparse.Namespace) -> dict:
     """Evaluate one run, checkpoint or bundle; the summary ``--json`` prints."""
-    from sfspec.runtime.evaluate import evaluate, evaluate_bundle, record_video
+    from sfspec.export.evaluate import evaluate_bundle
+    from sfspec.runtime.evaluate import evaluate, record_video
     from sfspec.runtime.train import build_for_spec, resolve_device
     from sfspec.runtime.vec_env import make_env
 
@@ -307,7 +308,8 @@ def _export_one(source: Path, args: argparse.Namespace) -> None:
     import torch
 
     from sfspec import pipeline
-    from sfspec.export.bundle import FORMATS, export_bundle
+    from sfspec.export.bundle import export_bundle
+    from sfspec.export.config import ExportConfig, ExportConfigError
     from sfspec.runtime.train import seed_everything
 
     if source.suffix in (".yaml", ".yml"):
@@ -320,27 +322,18 @@ def _export_one(source: Path, args: argparse.Namespace) -> None:
         model = pipeline.compile_spec(loaded)
         _load_weights(model, checkpoint, str(source))
         out = Path(args.out or ((source if source.is_dir() else source.parent) / "bundle"))
-    export_cfg = loaded.data.get("export", {})
-    formats = args.formats.split(",") if args.formats else export_cfg.get("formats", list(FORMATS))
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise UsageError(f"--formats: unknown format '{unknown[0]}'; choose from {', '.join(FORMATS)}")
-    batch = args.batch or export_cfg.get("batch", "dynamic")
-    if batch != "dynamic":
-        if not str(batch).isdigit() or int(batch) < 1:
-            raise UsageError(f"--batch: '{batch}' is neither 'dynamic' nor a positive batch size")
-        batch = int(batch)
+    try:  # the spec's export: section (schema defaults), then what the command line says
+        config = ExportConfig.from_spec(loaded.data).override(
+            formats=args.formats.split(",") if args.formats else None,
+            opset=args.opset or None,
+            batch=args.batch or None,
+            with_value=args.with_value or None,
+            legacy_onnx=args.legacy_onnx,
+        )
+    except ExportConfigError as exc:
+        raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.problem}") from None
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    report = export_bundle(
-        model,
-        loaded.data,
-        out,
-        tuple(formats),
-        args.opset or export_cfg.get("opset", 18),
-        batch,
-        args.with_value or export_cfg.get("with_value", False),
-        args.legacy_onnx,
-    )
+    report = export_bundle(model, loaded.data, out, config=config)
     worst = ", ".join(f"{k} {v:.2g}" for k, v in report.worst.items())
     print(f"bundle: {out} ({', '.join(report.files)}); parity worst abs error: {worst}")
     for fmt, ties in report.near_ties.items():
@@ -433,6 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="return_mean", help="metric to plot against steps")
     _add_common(p, overrides=False)
 
+    _add_export_commands(sub)
+    return parser
+
+
+def _add_export_commands(sub: Any) -> None:
+    """The export and check commands; formats and defaults come from the formats registry and the schema."""
+    from sfspec.export.formats import EXPORT_FORMATS  # torch-free: the registered formats
+    from sfspec.spec.schema import schema_default
+
     p = sub.add_parser("export", help=COMMANDS["export"][1], description=COMMANDS["export"][1])
     p.add_argument("sources", nargs="+", metavar="RUN|CHECKPOINT|SPEC", help="one or more; each run into RUN/bundle")
     p.add_argument(
@@ -441,9 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle directory (default: RUN/bundle or <spec>-bundle); an earlier bundle there is replaced "
         "only once the new one has passed the parity gate",
     )
-    p.add_argument("--formats", help="comma-separated: onnx,torchscript,pt2 (default: the spec's export.formats)")
-    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
-    p.add_argument("--batch", help="dynamic (default) or a fixed batch size")
+    p.add_argument(
+        "--formats",
+        help=f"comma-separated: {','.join(EXPORT_FORMATS.names())} (default: the spec's export.formats, "
+        f"else {','.join(EXPORT_FORMATS.default_names())})",
+    )
+    p.add_argument("--opset", type=int, help=f"ONNX opset (default {schema_default('export', 'opset')})")
+    p.add_argument("--batch", help=f"dynamic or a fixed batch size (default {schema_default('export', 'batch')})")
     p.add_argument("--with-value", action="store_true", help="also output the critic's value")
     p.add_argument("--legacy-onnx", action="store_true", help="use the TorchScript-based ONNX exporter")
     _add_common(p)
@@ -454,11 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--trust",
         action="store_true",
-        help="also load and run policy.pt (TorchScript) and policy.pt2 (torch.export): they are programs, "
-        "so only for bundles whose author you trust (checksums are verified either way)",
+        help="also load and run "
+        + " and ".join(f"{f.file} ({f.title})" for f in EXPORT_FORMATS.all() if f.runs_code)
+        + ": they are programs, so only for bundles whose author you trust (checksums are verified either way)",
     )
     _add_common(p, overrides=False)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

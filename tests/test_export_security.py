@@ -364,9 +364,9 @@ def test_deep_pixel_policy_with_weights_scaled_by_2_percent_fails_check(cli, pix
 
 
 def test_parity_gate_refuses_an_onnx_file_with_weights_scaled_by_2_percent(cli, write_spec, tmp_path, monkeypatch):
-    from sfspec.export import bundle as bundle_module
+    from sfspec.export import writers
 
-    real = bundle_module._write_onnx
+    real = writers.write_onnx
 
     def scaled(policy, *args):
         wrong = __import__("copy").deepcopy(policy)
@@ -375,7 +375,7 @@ def test_parity_gate_refuses_an_onnx_file_with_weights_scaled_by_2_percent(cli, 
                 p.mul_(1.02)
         return real(wrong, *args)
 
-    monkeypatch.setattr(bundle_module, "_write_onnx", scaled)
+    monkeypatch.setattr(writers, "write_onnx", scaled)  # the onnx format's registered writer
     spec = write_spec("env: {id: Pendulum-v1}\nmodel: {encoder: [linear: 16, tanh], core: [gru: 8]}\n")
     result = cli("export", spec, "--out", str(tmp_path / "bundle"), "--formats", "onnx")
     assert result.code == 1 and "parity check failed" in result.err and "policy.onnx" in result.err

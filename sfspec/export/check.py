@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from sfspec.export.artifact import Artifact, load_artifact
+from sfspec.export.artifact import Artifact, open_artifact
 from sfspec.export.errors import BundleError
-from sfspec.export.integrity import GOLDEN, RUNS_CODE, load_golden, read_manifest, screen_artifact, verify_all
+from sfspec.export.formats import EXPORT_FORMATS
+from sfspec.export.integrity import GOLDEN, load_golden, read_manifest, verify_all
 from sfspec.export.parity import CHECK_FACTOR, judge
+from sfspec.export.screen import screen_artifact
 
 
 def check_bundle(bundle: str | Path, latency_runs: int = 200, trust: bool = False) -> dict[str, dict[str, Any]]:
@@ -24,17 +26,14 @@ def check_bundle(bundle: str | Path, latency_runs: int = 200, trust: bool = Fals
     meta = read_manifest(bundle)
     blobs = verify_all(bundle, meta)
     golden = load_golden(blobs[GOLDEN], meta)
+    runs_code = EXPORT_FORMATS.runs_code()  # the formats that are programs: run only with trust
     report: dict[str, dict[str, Any]] = {}
     for fmt, name in meta["files"].items():
-        screen_artifact(fmt, blobs[name], meta, name)
-        if fmt in RUNS_CODE and not trust:
-            report[fmt] = {"skipped": f"{name} not run: {RUNS_CODE[fmt]}; --trust runs it"}
+        if fmt in runs_code and not trust:
+            screen_artifact(fmt, blobs[name], meta, name)  # a hostile file is refused even when not run
+            report[fmt] = {"skipped": f"{name} not run: {runs_code[fmt]}; --trust runs it"}
             continue
-        if fmt in RUNS_CODE:
-            import torch
-
-            torch.set_num_threads(1)
-        artifact = load_artifact(fmt, name, blobs[name], meta["inputs"])
+        artifact = open_artifact(bundle, meta, fmt, threads=1, data=blobs[name])  # one thread: latency
         report[fmt] = {**_replay(artifact, golden, meta), **_latency(artifact, golden, meta, latency_runs)}
     if all("skipped" in r for r in report.values()):
         listed = ", ".join(meta["files"].values())

@@ -101,10 +101,10 @@ def register_format(fmt: ExportFormat, *, force: bool = False) -> ExportFormat:
         raise ValueError(f"export format {fmt.name!r}: a name must be non-empty, without commas or spaces")
     if fmt.file in ("", ".", "..") or os.path.basename(fmt.file) != fmt.file or "\\" in fmt.file:
         raise ValueError(f"export format '{fmt.name}': file {fmt.file!r} is not a bare file name")
-    taken = {f.file: f.name for f in EXPORT_FORMATS.all() if f.name != fmt.name}
+    taken = {f.file: f"format '{f.name}'" for f in EXPORT_FORMATS.all() if f.name != fmt.name}
     taken.update({name: "the bundle itself" for name in (MANIFEST, GOLDEN, GOLDEN_PT)})
     if fmt.file in taken:
-        raise ValueError(f"export format '{fmt.name}': the file name {fmt.file!r} is taken by '{taken[fmt.file]}'")
+        raise ValueError(f"export format '{fmt.name}': the file name {fmt.file!r} is taken by {taken[fmt.file]}")
     return EXPORT_FORMATS.register(fmt.name, fmt, force=force)
 
 

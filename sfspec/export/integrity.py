@@ -4,7 +4,7 @@ Nothing here runs an artifact. ``verified_bytes`` returns a file's bytes only wh
 size and SHA-256 that ``policy.json`` records; callers load *those* bytes, so what runs is exactly
 what was hashed (no second read of the file). Only bare file names inside the bundle are accepted,
 symbolic links and special files are refused, and no pickled data is ever deserialised except
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)`` (each format's screen, in ``screen.py``, refuses the rest).
 
 What a checksum proves: the file is the one this ``policy.json`` lists (no mix-up with another
 export, no damaged or truncated copy, no single file swapped). It does not prove who wrote the
@@ -22,23 +22,29 @@ import json
 import os
 import re
 import stat
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sfspec.export.errors import BundleError
+from sfspec.export.formats import EXPORT_FORMATS, GOLDEN, GOLDEN_PT, MANIFEST
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "GOLDEN",
+    "GOLDEN_PT",
+    "MANIFEST",
+    "bare_name",
+    "checksum",
+    "load_golden",
+    "read_manifest",
+    "sha256_hex",
+    "verified_bytes",
+    "verify_all",
+]
 
 BUNDLE_FORMAT = 2  # 2: per-file checksums in policy.json
-MANIFEST = "policy.json"
-GOLDEN = "golden_io.npz"
-GOLDEN_PT = "golden_io.pt"  # the same data for LibTorch (C++); never loaded by sfspec
-FILES = {"onnx": "policy.onnx", "torchscript": "policy.pt", "pt2": "policy.pt2"}
-RUNS_CODE = {
-    "torchscript": "TorchScript is a program; running it may call any torch operator, file I/O included",
-    "pt2": "a torch.export program may call any torch operator, file I/O included",
-}
 _MAX_MANIFEST_BYTES = 64 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DTYPES = {"float32", "int64", "int8", "uint8"}
@@ -143,9 +149,10 @@ def _check_file_list(meta: dict, path: Path) -> None:
     files, sums = meta.get("files"), meta.get("checksums")
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{path}: 'files' lists no artifact; a bundle without a policy file is not a bundle")
+    known = EXPORT_FORMATS.names()
     for fmt, name in files.items():
-        if fmt not in FILES:
-            raise BundleError(f"{path}: files: unknown format {fmt!r} (known: {', '.join(FILES)})")
+        if fmt not in known:
+            raise BundleError(f"{path}: files: unknown format {fmt!r} (known: {', '.join(known)})")
         bare_name(name, f"files.{fmt}")
     if not isinstance(sums, dict):
         raise BundleError(f"{path}: 'checksums' is missing")
@@ -180,99 +187,6 @@ def verified_bytes(bundle: str | Path, meta: dict, name: str) -> bytes:
 def verify_all(bundle: str | Path, meta: dict) -> dict[str, bytes]:
     """Every file policy.json records, verified: name -> bytes."""
     return {name: verified_bytes(bundle, meta, name) for name in meta["checksums"]}
-
-
-# ---------------------------------------------------------------- per-format screening (before any loading)
-
-
-def screen_artifact(fmt: str, data: bytes, meta: dict, name: str) -> None:
-    """Refuse what a format's loader would do unsafely or what contradicts policy.json."""
-    if fmt == "onnx":
-        _screen_onnx(data, meta, name)
-    elif fmt == "pt2":
-        _screen_pt2(data, name)
-
-
-def _onnx_tensors(graph) -> list:
-    """Every TensorProto of a graph: initializers and attribute tensors, subgraphs included."""
-    out = list(graph.initializer) + [s.values for s in graph.sparse_initializer]
-    for node in graph.node:
-        for attr in node.attribute:
-            out += ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
-            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                out += _onnx_tensors(sub)
-    return out
-
-
-def _screen_onnx(data: bytes, meta: dict, name: str) -> None:
-    """No external data files; the file's embedded metadata must agree with policy.json."""
-    import onnx
-
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as exc:  # protobuf's DecodeError and friends
-        raise BundleError(f"{name}: not a readable ONNX model ({type(exc).__name__})") from None
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _onnx_tensors(model.graph)):
-        raise BundleError(f"{name}: refers to external data files; a bundle's ONNX model must hold its weights")
-    props = {p.key: p.value for p in model.metadata_props}
-    for key in ("weights_sha256", "spec_sha256"):
-        if props.get(key) != meta.get(key):
-            raise BundleError(f"{name}: its {key} differs from policy.json's (the model comes from another export)")
-    for key in ("inputs", "outputs"):
-        try:
-            same = json.loads(props.get(key, "null")) == meta[key]
-        except ValueError:
-            same = False
-        if not same:
-            raise BundleError(f"{name}: its {key} differ from policy.json's")
-
-
-_PT2_ALLOWED = re.compile(
-    r"[^/]+/(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
-    r"|models/[^/]+\.json|data/weights/[^/]+|data/constants/[^/]+|data/sample_inputs/[^/]+\.pt)"
-)
-
-
-def _screen_pt2(data: bytes, name: str) -> None:
-    """A torch.export archive may hold only graph JSON and raw tensors: no pickles, no compiled code.
-
-    ``torch.export.load`` (torch 2.13) unpickles with ``weights_only=False`` every payload marked
-    ``use_pickle``, custom and opaque objects, legacy-format files, and sample inputs that fail the
-    weights-only load; it also loads AOTInductor shared libraries. sfspec writes none of these.
-    """
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise BundleError(f"{name}: not a readable torch.export archive ({exc})") from None
-    for entry in names:
-        if not _PT2_ALLOWED.fullmatch(entry):
-            raise BundleError(f"{name}: holds {entry!r}; sfspec loads only graphs and raw tensors from a .pt2")
-        if entry.endswith("_config.json") and "/data/" in entry:
-            _screen_payload_config(archive.read(entry), name, entry)
-        elif "/data/sample_inputs/" in entry:
-            _weights_only_loads(archive.read(entry), name, entry)
-
-
-def _screen_payload_config(raw: bytes, name: str, entry: str) -> None:
-    try:
-        config = json.loads(raw)["config"]
-        payloads = list(config.items())
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise BundleError(f"{name}: {entry} is malformed") from None
-    for key, payload in payloads:
-        if not isinstance(payload, dict) or payload.get("use_pickle") is not False or not payload.get("tensor_meta"):
-            raise BundleError(f"{name}: {entry}: '{key}' is stored as pickled data; sfspec never unpickles a bundle")
-
-
-def _weights_only_loads(raw: bytes, name: str, entry: str) -> None:
-    """torch.export.load falls back to an unrestricted unpickler when this fails: fail first."""
-    import torch
-
-    try:
-        torch.load(io.BytesIO(raw), weights_only=True)
-    except Exception:
-        raise BundleError(f"{name}: {entry} is not plain tensor data; sfspec never unpickles a bundle") from None
 
 
 # ---------------------------------------------------------------- golden data

@@ -21,6 +21,7 @@ import torch
 
 from sfspec.export.errors import ExportError
 from sfspec.export.policy import DeployPolicy
+from sfspec.export.samples import parity_cases, recurrent_rollout
 
 ATOL, RTOL = 1e-5, 1e-4  # the floor: what any artifact may differ by regardless of the model
 NOISE_FACTOR = 4.0  # an artifact may be this many times as far from float64 as eager float32 is
@@ -225,6 +226,34 @@ class ParityResult:
     worst: dict[str, float]
     near_ties: dict[str, list[str]]
     reference: str
+
+    def record(self) -> dict:
+        """How the gate measured, for policy.json's ``parity``."""
+        return {
+            "reference": self.reference,
+            "noise_factor": NOISE_FACTOR,
+            "floor": {"atol": ATOL, "rtol": RTOL},
+            "near_ties": {fmt: len(found) for fmt, found in self.near_ties.items()},
+        }
+
+
+def parity_gate(
+    policy: DeployPolicy, artifacts: list, probe: tuple, fixed_batch: int | None
+) -> tuple[ParityResult, list[Group]]:
+    """Judge every artifact on every input group (ExportError if any disagrees); also the golden groups.
+
+    ``probe`` is an example input (it decides whether the model runs in float64);
+    ``fixed_batch`` the batch size of a fixed-batch export (None: dynamic).
+    """
+    reference = Reference(policy, [x.numpy() for x in probe])
+    cases = parity_cases(policy, fixed_batch=fixed_batch)
+    groups = [make_group(reference, f"case {i}", [case]) for i, case in enumerate(cases)]
+    golden = [make_group(reference, "golden batch", [parity_cases(policy, samples=64, fixed_batch=fixed_batch)[0]])]
+    if policy.slots:
+        rows = recurrent_rollout(policy, batch=fixed_batch or 4)
+        golden.append(make_group(reference, "rollout", rows))
+        groups.append(make_group(reference, "closed-loop rollout", rows, closed_loop=True))
+    return check_parity(policy, artifacts, groups + golden, reference), golden
 
 
 def check_parity(policy: DeployPolicy, artifacts: list, groups: list[Group], reference: Reference) -> ParityResult:

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from sfspec.export.artifact import load_artifact
+from sfspec.export.artifact import open_artifact
 from sfspec.export.errors import BundleError, ObservationError
-from sfspec.export.integrity import read_manifest, screen_artifact, verified_bytes
+from sfspec.export.formats import EXPORT_FORMATS
+from sfspec.export.integrity import read_manifest
 
 _NUMPY_DTYPES = {"float32": np.float32, "int64": np.int64, "int8": np.int8, "uint8": np.uint8}
-BACKENDS = ("onnx", "torchscript")
 
 
 class PolicyRunner:
@@ -29,27 +29,19 @@ class PolicyRunner:
     def __init__(
         self, bundle: str | Path, backend: str = "onnx", batch: int = 1, threads: int = 1, validate: bool = True
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be 'onnx' or 'torchscript', not {backend!r}")
+        backends = EXPORT_FORMATS.runner_backends()
+        if backend not in backends:
+            raise ValueError(f"backend must be {' or '.join(map(repr, backends))}, not {backend!r}")
         if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
             raise ValueError(f"batch must be a positive integer, not {batch!r}")
         self.bundle = Path(bundle)
         self.meta = read_manifest(self.bundle)
         if self.meta["batch"] != "dynamic" and self.meta["batch"] != batch:
             raise ValueError(f"{self.bundle} was exported for batch {self.meta['batch']}, not {batch}")
-        name = self.meta["files"].get(backend)
-        if name is None:
-            raise BundleError(f"{self.bundle} has no {backend} file (it holds {', '.join(self.meta['files'])})")
         self.backend, self.batch, self.validate = backend, batch, validate
         self.inputs, self.outputs = self.meta["inputs"], self.meta["outputs"]
         self.obs, self.state = self.meta["observations"], self.meta["state"]
-        data = verified_bytes(self.bundle, self.meta, name)
-        screen_artifact(backend, data, self.meta, name)
-        if backend == "torchscript":
-            import torch
-
-            torch.set_num_threads(threads)
-        self._artifact = load_artifact(backend, name, data, self.inputs, threads)
+        self._artifact = open_artifact(self.bundle, self.meta, backend, threads)
         self.reset()
 
     def reset(self, rows: list[int] | None = None) -> None:

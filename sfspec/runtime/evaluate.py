@@ -52,38 +52,6 @@ def evaluate(
     return run_episodes(act, model.layout, env_cfg, episodes, seed, device, max_steps)
 
 
-def evaluate_bundle(bundle: Path, env_cfg: dict, episodes: int, seed: int, backend: str = "onnx") -> EvalResult:
-    """Evaluate an exported bundle in the environment, exactly like a checkpoint (onnxruntime by default).
-
-    The bundle's files are verified (size and SHA-256) before loading: a BundleError says what is wrong.
-    """
-    from sfspec.compiler.spaces import action_layout
-    from sfspec.export.errors import ExportError, ObservationError
-    from sfspec.export.integrity import read_manifest
-    from sfspec.export.runner import PolicyRunner
-
-    fixed = read_manifest(bundle)["batch"]
-    num_envs = min(episodes, int(env_cfg.get("num_envs", 8))) if fixed == "dynamic" else int(fixed)
-    runner = PolicyRunner(bundle, backend, batch=num_envs)
-    keys = [o["name"] for o in runner.obs]
-
-    def act(obs: dict, done: torch.Tensor | None) -> torch.Tensor:
-        if done is not None and bool(done.any()):
-            runner.reset(torch.nonzero(done).flatten().tolist())
-        try:
-            out = runner.act({k: obs[k].cpu().numpy() for k in keys if k in obs})
-        except ObservationError as exc:
-            raise ExportError(f"{bundle}: the environment's observations do not fit the bundle: {exc}") from None
-        parts = list(out.values()) if isinstance(out, dict) else [out]
-        return torch.cat([torch.as_tensor(p).reshape(num_envs, -1).to(torch.float32) for p in parts], dim=1)
-
-    env_cfg = {**env_cfg, "num_envs": num_envs}
-    probe = make_env({**env_cfg, "num_envs": 1}, 0, torch.device("cpu"))
-    layout = action_layout(probe.action_space)
-    probe.close()
-    return run_episodes(act, layout, env_cfg, episodes, seed, torch.device("cpu"), num_envs=num_envs)
-
-
 def run_episodes(
     act,
     layout,
