@@ -175,7 +175,14 @@ def test_compile_spec_builds_from_the_checked_plan_without_planning_again(write_
 
 
 def test_the_model_defaults_are_the_schemas_and_a_hand_built_model_uses_them():
-    from sfspec.compiler.config import BOUNDS_PARAM, INIT_PARAMS, NORMALIZE_PARAMS, STD_PARAMS
+    from sfspec.compiler.config import (
+        BOUNDS_PARAM,
+        INIT_PARAMS,
+        NORMALIZE_PARAMS,
+        PREPROCESS_PARAMS,
+        SHARE_WEIGHTS_PARAM,
+        STD_PARAMS,
+    )
     from sfspec.spec.schema import build_schema
 
     model = build_schema()["properties"]["model"]["properties"]
@@ -183,6 +190,8 @@ def test_the_model_defaults_are_the_schemas_and_a_hand_built_model_uses_them():
     assert model["action"]["properties"]["std"]["properties"] == STD_PARAMS
     assert model["action"]["properties"]["bounds"] == BOUNDS_PARAM
     assert model["init"]["properties"] == INIT_PARAMS
+    assert model["preprocess"]["additionalProperties"]["properties"] == PREPROCESS_PARAMS
+    assert model["share_weights"] == SHARE_WEIGHTS_PARAM
     hand_built = TwoSlotCustom(BOX4, BOX2)
     assert hand_built.preprocessor.clip == NORMALIZE_PARAMS["clip"]["default"]
     head = hand_built.action_parameterization

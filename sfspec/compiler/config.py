@@ -12,6 +12,15 @@ from typing import Any
 
 POSITIVE_NUMBER = {"type": "number", "exclusiveMinimum": 0}
 
+# model.preprocess.<key>: how one raw observation becomes network input.
+PREPROCESS_PARAMS: dict[str, dict] = {
+    "layout": {"enum": ["auto", "channels_first", "channels_last"], "default": "auto"},
+    "scale": {**POSITIVE_NUMBER},
+    "discrete": {"enum": ["one_hot", "index"], "default": "one_hot"},
+}
+
+SHARE_WEIGHTS_PARAM: dict = {"type": "boolean", "default": False}
+
 # model.normalize_obs when it is a mapping (true means every default).
 NORMALIZE_PARAMS: dict[str, dict] = {
     "clip": {**POSITIVE_NUMBER, "default": 5.0},
@@ -89,8 +98,9 @@ class InitConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model section's scalar options, resolved with the schema's defaults."""
+    """The model section's scalar options, resolved with the schema's defaults (per-input options: ``preprocess``)."""
 
+    share_weights: bool
     normalize: bool
     normalize_clip: float
     normalize_epsilon: float
@@ -105,6 +115,7 @@ class ModelConfig:
         normalize = model.get("normalize_obs", False)
         action = model.get("action", {})
         return cls(
+            share_weights=bool(option({"share_weights": SHARE_WEIGHTS_PARAM}, model, "share_weights")),
             normalize=bool(normalize),
             normalize_clip=float(option(NORMALIZE_PARAMS, normalize, "clip")),
             normalize_epsilon=float(option(NORMALIZE_PARAMS, normalize, "epsilon")),

@@ -110,7 +110,7 @@ def plan_model(spec: dict, obs_space: Any, action_space: Any, smap: SourceMap, e
     issues = _check_action_options(model.get("action", {}), layout, inputs, smap, env_name)
     observable = [k for k in inputs if k != config.mask]
     norm_keys, norm_issues = _normalize_keys(model, config, inputs, observable, smap, env_name)
-    stacks, stack_issues = _resolve_stacks(model, observable, inputs, smap, env_name)
+    stacks, stack_issues = _resolve_stacks(model, config.share_weights, observable, inputs, smap, env_name)
     issues += norm_issues + stack_issues
     custom_model = model.get("custom")
     if not issues and custom_model is None:
@@ -123,7 +123,7 @@ def plan_model(spec: dict, obs_space: Any, action_space: Any, smap: SourceMap, e
         inputs=inputs,
         action=layout,
         stacks=stacks,
-        shared=bool(model.get("share_weights", False)),
+        shared=config.share_weights,
         mask_key=config.mask,
         normalize_keys=norm_keys,
         config=config,
@@ -220,7 +220,9 @@ def _check_action_options(action: dict, layout: ActionLayout, inputs: dict, smap
     return issues
 
 
-def _resolve_stacks(model: dict, observable: list, inputs: dict, smap: SourceMap, env_name: str) -> tuple[list, list]:
+def _resolve_stacks(
+    model: dict, shared: bool, observable: list, inputs: dict, smap: SourceMap, env_name: str
+) -> tuple[list, list]:
     issues: list[SpecIssue] = []
     sides = {}
     bad_observe = set()  # sides with a wrong observe: the root cause, so say nothing about what follows from it
@@ -229,7 +231,7 @@ def _resolve_stacks(model: dict, observable: list, inputs: dict, smap: SourceMap
         if side_issues:
             bad_observe.add(side)
         issues += side_issues
-    if model.get("share_weights", False):
+    if shared:
         actor = sides["actor"]
         issues += _shared_issues(model, actor, sides["critic"], smap, check_observe=not bad_observe)
         stacks = [StackPlan("shared", actor.observe, actor.encoder, actor.core, actor.decoder, actor.paths)]

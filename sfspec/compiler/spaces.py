@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
+from sfspec.compiler.config import PREPROCESS_PARAMS, option
 from sfspec.errors import did_you_mean
 
 OBS_KEY = "obs"  # the single input's name when the observation is not a Dict/Tuple
@@ -72,7 +73,7 @@ def observation_inputs(space: Any, preprocess: dict | None = None) -> dict[str, 
 
 
 def _obs_input(key: str, space: Any, options: dict) -> ObsInput:
-    encoding = options.get("discrete", "one_hot")
+    encoding = option(PREPROCESS_PARAMS, options, "discrete")
     if isinstance(space, spaces.Box):
         return _box_input(key, space, options)
     if isinstance(space, spaces.Discrete):
@@ -95,7 +96,7 @@ def _obs_input(key: str, space: Any, options: dict) -> ObsInput:
 
 def _box_input(key: str, space: spaces.Box, options: dict) -> ObsInput:
     shape = tuple(int(s) for s in space.shape)
-    layout = options.get("layout", "auto")
+    layout = option(PREPROCESS_PARAMS, options, "layout")
     scale = options.get("scale")
     is_uint8 = space.dtype == np.uint8
     if len(shape) == 3:
