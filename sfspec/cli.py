@@ -310,11 +310,12 @@ def _export_one(source: Path, args: argparse.Namespace) -> None:
     from sfspec import pipeline
     from sfspec.export.bundle import export_bundle
     from sfspec.export.config import ExportConfig, ExportConfigError
+    from sfspec.runtime.config import RunnerConfig
     from sfspec.runtime.train import seed_everything
 
     if source.suffix in (".yaml", ".yml"):
         loaded = pipeline.load(source, args.overrides)
-        seed_everything(loaded.data.get("train", {}).get("seed", 0))
+        seed_everything(RunnerConfig.from_spec(loaded.data).seed)
         model = pipeline.compile_spec(loaded)  # freshly initialised: for testing a deployment pipeline
         out = Path(args.out or f"{source.stem}-bundle")
     else:
