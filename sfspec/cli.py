@@ -76,16 +76,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     """Print every layer of the model a spec describes."""
     from sfspec import pipeline
-    from sfspec.compiler.build import compile_model_with_rows
     from sfspec.summary import format_summary, summary_data, to_json
 
-    loaded = pipeline.load(args.spec, args.overrides)
-    checked = pipeline.check(loaded)
-    env_id = loaded.data["env"]["id"]
-    model, rows = compile_model_with_rows(
-        loaded.data, checked.obs_space, checked.action_space, loaded.source_map, env_id
-    )
-    data = summary_data(env_id, model, rows)
+    checked = pipeline.check(pipeline.load(args.spec, args.overrides))
+    data = summary_data(checked.loaded.data["env"]["id"], pipeline.compile_checked(checked))
     print(to_json(data) if args.json else format_summary(data))
     return 0
 
@@ -106,8 +100,7 @@ def _stored_spec(data: Any, where: str, overrides: list[str]):
     smap = SourceMap(values={(): Location(where)})
     loaded = apply_overrides(LoadedSpec(copy.deepcopy(data), smap, where), overrides)
     validate_spec(loaded)
-    pipeline.check(loaded)  # the env id too: a stored 'module:Env' id must not import its module
-    return loaded
+    return pipeline.check(loaded)  # the env id too: a stored 'module:Env' id must not import its module
 
 
 def _load_run_spec(run: str, overrides: list[str]):
@@ -115,7 +108,7 @@ def _load_run_spec(run: str, overrides: list[str]):
     from sfspec.runtime.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
-    return _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides), checkpoint
+    return _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides).loaded, checkpoint
 
 
 def _changed_paths(before: Any, after: Any, path: tuple = ()) -> list[tuple]:
@@ -158,11 +151,10 @@ def _resume_spec(run: Path, overrides: list[str]):
         if not (run / "spec.yaml").is_file():
             raise UsageError(f"{run}: no run here (neither {CHECKPOINT_NAME} nor spec.yaml)")
         print(f"sfspec: {run} was stopped before its first checkpoint; starting it again from step 0", file=sys.stderr)
-        loaded = pipeline.load(run / "spec.yaml", overrides)
-        pipeline.check(loaded)
-        return loaded, False
+        return pipeline.check(pipeline.load(run / "spec.yaml", overrides)), False
     checkpoint = load_checkpoint(run)
-    loaded = _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides)
+    checked = _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides)
+    loaded = checked.loaded
     _refuse_unresumable_overrides(checkpoint["spec"], loaded)
     steps, budget = checkpoint["global_step"], TrainConfig.from_spec(loaded.data).steps
     finished = bool(checkpoint.get("finished")) and steps >= budget
@@ -171,7 +163,7 @@ def _resume_spec(run: Path, overrides: list[str]):
             f"{run} already finished at step {steps:,} (train.steps: {budget:,}); "
             f"to train longer: sfspec train --resume {shlex.quote(str(run))} --set train.steps={2 * steps}"
         )
-    return loaded, finished
+    return checked, finished
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -184,19 +176,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.resume)
         if run_dir.is_file():  # a checkpoint file names its run
             run_dir = run_dir.parent
-        loaded, finished = _resume_spec(run_dir, args.overrides)
+        checked, finished = _resume_spec(run_dir, args.overrides)
         if finished:
             return 0
         name = run_dir.name
     elif args.spec:
-        loaded = pipeline.load(args.spec, args.overrides)
-        pipeline.check(loaded)
+        checked = pipeline.check(pipeline.load(args.spec, args.overrides))
         run_dir, name = Path(args.run_dir) if args.run_dir else default_run_dir(args.spec), Path(args.spec).stem
         spec_path = args.spec
     else:
         raise UsageError("give a SPEC to train, or --resume RUN")
+    loaded = checked.loaded
     result = train(
-        loaded.data, run_dir, args.device, args.quiet, bool(args.resume), loaded.source_map, name, spec_path=spec_path
+        loaded.data,
+        run_dir,
+        args.device,
+        args.quiet,
+        bool(args.resume),
+        loaded.source_map,
+        name,
+        spec_path=spec_path,
+        plan=checked.plan,
     )
     run = shlex.quote(str(run_dir))
     if result.interrupted:
@@ -234,13 +234,14 @@ def _load_weights(model, checkpoint: dict, source: str) -> None:
 def _eval_one(path: str, args: argparse.Namespace) -> dict:
     """Evaluate one run, checkpoint or bundle; the summary ``--json`` prints."""
     from sfspec.export.evaluate import evaluate_bundle
+    from sfspec.runtime.config import RunnerConfig
     from sfspec.runtime.evaluate import evaluate, record_video
     from sfspec.runtime.train import build_for_spec, resolve_device
     from sfspec.runtime.vec_env import make_env
 
     if (Path(path) / "policy.json").is_file():  # an exported bundle, run by onnxruntime
-        spec = _stored_spec(_bundle_spec(Path(path)), f"{path} (the bundle's spec)", args.overrides).data
-        seed = spec.get("train", {}).get("seed", 0)
+        spec = _stored_spec(_bundle_spec(Path(path)), f"{path} (the bundle's spec)", args.overrides).loaded.data
+        seed = RunnerConfig.from_spec(spec).seed
         return evaluate_bundle(Path(path), spec["env"], args.episodes, seed, args.backend).summary()
     loaded, checkpoint = _load_run_spec(path, args.overrides)
     spec = loaded.data
@@ -251,7 +252,7 @@ def _eval_one(path: str, args: argparse.Namespace) -> dict:
     finally:
         probe.close()
     _load_weights(model, checkpoint, path)
-    seed = spec.get("train", {}).get("seed", 0)
+    seed = RunnerConfig.from_spec(spec).seed
     result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
     if args.video:
         import gymnasium as gym

@@ -468,3 +468,15 @@ def test_export_takes_several_runs_each_into_its_own_bundle(cli, tmp_path):
     result = cli("export", *map(str, runs), "--formats", "onnx")
     assert result.code == 0, result.err
     assert all((run / "bundle" / "policy.onnx").is_file() for run in runs)
+
+
+def test_an_empty_export_formats_list_is_a_spec_error(cli, write_spec):
+    path = write_spec(
+        """
+        env: {id: sfspec/CartPole-v1}
+        model: {}
+        export: {formats: []}
+        """
+    )
+    result = cli("validate", path)
+    assert result.code == 2 and "export.formats: needs at least 1 item(s)" in result.err

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import yaml
 
-from sfspec.compiler.build import compile_model
+from sfspec.compiler.build import build_from_plan, compile_model
 from sfspec.compiler.model import ActorCritic
+from sfspec.compiler.plan import ModelPlan
 from sfspec.io import atomic_write_text
 from sfspec.runtime.algorithm import Algorithm, make_algorithm
 from sfspec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -123,13 +124,15 @@ def train(
     spec_name: str = "spec",
     on_log: Callable[[dict, ActorCritic], bool] | None = None,
     spec_path: str | None = None,
+    plan: ModelPlan | None = None,
 ) -> TrainResult:
     """Train the spec's model in ``run_dir`` (continuing its checkpoint if ``resume``).
 
     The run directory is locked for the life of the run. A fresh run refuses a directory that
     already holds one (or ``spec_path`` itself); ``resume`` without a checkpoint starts the run over.
     ``on_log(metrics, model)`` runs at every log interval, outside the timed training; returning
-    True ends the run there (benchmarks use it to stop once a policy is solved).
+    True ends the run there (benchmarks use it to stop once a policy is solved). ``plan``: the
+    model plan ``pipeline.check`` made, so the model is built from it instead of planned again.
     """
     cfg = RunnerConfig.from_spec(spec)
     device = resolve_device(device_name or cfg.device)
@@ -138,7 +141,7 @@ def train(
         seed_everything(cfg.seed)
         env = make_env(spec["env"], cfg.seed, device)
         try:
-            runner = Runner(spec, cfg, env, device, run_dir, smap, checkpoint)
+            runner = Runner(spec, cfg, env, device, run_dir, smap, checkpoint, plan)
             return runner.run(RunLogger(run_dir, runner.total * runner.batch, runner.step, quiet, spec_name), on_log)
         finally:
             env.close()
@@ -162,9 +165,12 @@ def _open_run_dir(run_dir: Path, spec: dict, resume: bool, spec_path: str | None
 class Runner:
     """Drives an algorithm over its budget: logs, checkpoints, stops cleanly; the algorithm does the learning."""
 
-    def __init__(self, spec: dict, cfg: RunnerConfig, env, device, run_dir: Path, smap, checkpoint: dict | None):
+    def __init__(self, spec: dict, cfg: RunnerConfig, env, device, run_dir: Path, smap, checkpoint, plan=None):
         self.spec, self.cfg, self.env, self.run_dir = spec, cfg, env, run_dir
-        self.model = build_for_spec(spec, env, device, smap)
+        if plan is not None:  # planned by pipeline.check for these spaces: build only
+            self.model = build_from_plan(plan, smap).to(device)
+        else:
+            self.model = build_for_spec(spec, env, device, smap)
         if cfg.compile:
             self.model.compile()  # torch.compile of the network's forward; the first updates pay the compilation
         self.algorithm: Algorithm = make_algorithm(self.model, env, spec.get("train", {}), device)

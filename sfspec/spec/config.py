@@ -1,10 +1,19 @@
-"""Typed views of a spec's sections, with the schema's defaults (one source for every default)."""
+"""The ``env:`` section: its schema fragment and the typed config read from it (one source for its defaults).
+
+Torch-free, and free of the schema module: ``sfspec.spec.schema`` assembles this fragment, as it
+does ``sfspec.compiler.config``'s for ``model:`` and ``sfspec.runtime.config``'s for ``train:``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sfspec.spec.schema import schema_default
+ENV_PARAMS: dict[str, dict] = {
+    "id": {"type": "string", "description": "a gymnasium id, 'module:Env-v0', or sfspec/..."},
+    "num_envs": {"type": "integer", "minimum": 1, "default": 8, "description": "environments stepped together"},
+    "kwargs": {"type": "object", "description": "passed to the environment's constructor (gymnasium.make)"},
+    "vectorization": {"enum": ["auto", "sync", "async", "vector_entry_point"], "default": "auto"},
+}
 
 
 @dataclass(frozen=True)
@@ -21,7 +30,7 @@ class EnvConfig:
         """Read an ``env:`` mapping (the section itself, not the whole spec)."""
         return cls(
             id=env["id"],
-            num_envs=int(env.get("num_envs", schema_default("env", "num_envs"))),
-            vectorization=env.get("vectorization", schema_default("env", "vectorization")),
+            num_envs=int(env.get("num_envs", ENV_PARAMS["num_envs"]["default"])),
+            vectorization=env.get("vectorization", ENV_PARAMS["vectorization"]["default"]),
             kwargs=dict(env.get("kwargs") or {}),
         )

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from sfspec.compiler import layers as _builtin_layers  # noqa: F401 (registers the built-in layers)
+from sfspec.compiler.config import (
+    BOUNDS_PARAM,
+    INIT_PARAMS,
+    NORMALIZE_PARAMS,
+    PREPROCESS_PARAMS,
+    SHARE_WEIGHTS_PARAM,
+    STD_PARAMS,
+)
 from sfspec.compiler.registry import COMPONENT_REGISTRIES, LAYERS, LayerBuilder
+from sfspec.spec.config import ENV_PARAMS
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 
@@ -125,82 +134,33 @@ def _model_schema() -> dict:
             "normalize_obs": {
                 "description": "running mean/std of observations, stored in the model",
                 "if": {"type": "object"},
-                "then": _obj(
-                    {
-                        "clip": {"type": "number", "exclusiveMinimum": 0, "default": 5.0},
-                        "epsilon": {"type": "number", "exclusiveMinimum": 0, "default": 1e-8},
-                        "keys": {"type": "array", "items": {"type": "string"}},
-                    }
-                ),
+                "then": _obj(NORMALIZE_PARAMS),
                 "else": {"type": "boolean", "x-expected": "true, false or {clip: ..., keys: [...]}"},
             },
             "preprocess": {
                 "type": "object",
                 "description": "per observation key: how raw values become network input",
-                "additionalProperties": _obj(
-                    {
-                        "layout": {"enum": ["auto", "channels_first", "channels_last"], "default": "auto"},
-                        "scale": {"type": "number", "exclusiveMinimum": 0},
-                        "discrete": {"enum": ["one_hot", "index"], "default": "one_hot"},
-                    }
-                ),
+                "additionalProperties": _obj(PREPROCESS_PARAMS),
             },
             **_stack_properties(),
-            "share_weights": {"type": "boolean", "default": False},
+            "share_weights": SHARE_WEIGHTS_PARAM,
             "actor": side,
             "critic": side,
             "action": _obj(
                 {
-                    "std": _obj(
-                        {
-                            "init": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-                            "mode": {"enum": ["state_independent", "state_dependent"], "default": "state_independent"},
-                            "min": {"type": "number", "exclusiveMinimum": 0, "default": 1e-6},
-                            "max": {"type": "number", "exclusiveMinimum": 0, "default": 10.0},
-                        },
-                        description="Box actions: the Gaussian's standard deviation",
-                    ),
-                    "bounds": {
-                        "enum": ["clip", "tanh", "none"],
-                        "default": "clip",
-                        "description": "Box actions: how actions meet the space's bounds",
-                    },
+                    "std": _obj(STD_PARAMS, description="Box actions: the Gaussian's standard deviation"),
+                    "bounds": BOUNDS_PARAM,
                     "mask": {"type": "string", "description": "discrete actions: observation key holding the mask"},
                 }
             ),
-            "init": _obj(
-                {
-                    "weights": {
-                        "enum": [
-                            "orthogonal",
-                            "xavier_uniform",
-                            "xavier_normal",
-                            "kaiming_uniform",
-                            "kaiming_normal",
-                            "default",
-                        ],
-                        "default": "orthogonal",
-                    },
-                    "gain": {"type": "number", "exclusiveMinimum": 0, "default": 1.4142135623730951},
-                    "policy_gain": {"type": "number", "exclusiveMinimum": 0, "default": 0.01},
-                    "value_gain": {"type": "number", "exclusiveMinimum": 0, "default": 1.0},
-                }
-            ),
+            "init": _obj(INIT_PARAMS),
         },
         description="the actor-critic: encoder -> core -> decoder -> action and value heads",
     )
 
 
 def _env_schema() -> dict:
-    return _obj(
-        {
-            "id": {"type": "string", "description": "a gymnasium id, 'module:Env-v0', or sfspec/..."},
-            "num_envs": {**POSITIVE_INT, "default": 8},
-            "kwargs": {"type": "object", "description": "passed to gymnasium.make"},
-            "vectorization": {"enum": ["auto", "sync", "async", "vector_entry_point"], "default": "auto"},
-        },
-        ("id",),
-    )
+    return _obj(ENV_PARAMS, ("id",))
 
 
 def train_schema() -> dict:
@@ -246,6 +206,7 @@ def _export_schema() -> dict:
                 "type": "array",
                 "items": {"enum": EXPORT_FORMATS.names()},
                 "uniqueItems": True,
+                "minItems": 1,  # a bundle without an artifact is refused when read: refuse it here
                 "default": EXPORT_FORMATS.default_names(),
             },
             "opset": {"type": "integer", "minimum": 7, "default": 18},
