@@ -258,7 +258,8 @@ def _eval_one(path: str, args: argparse.Namespace) -> dict:
         import gymnasium as gym
 
         try:
-            result["video"] = str(record_video(model, spec["env"], Path(args.video), seed, device))
+            video_dir = Path(args.video) / Path(path).name if len(args.runs) > 1 else Path(args.video)  # one per run
+            result["video"] = str(record_video(model, spec["env"], video_dir, seed, device))
         except gym.error.DependencyNotInstalled as exc:
             raise UsageError(f"--video: {exc}") from None
     return result
@@ -344,14 +345,23 @@ def _export_one(source: Path, args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Verify a bundle's files, replay its golden inputs through its artifacts; report errors and latency."""
+    """Verify bundles' files, replay their golden inputs through their artifacts; report errors and latency."""
     from sfspec.export.check import check_bundle
 
-    report = check_bundle(args.bundle, trust=args.trust)
-    status = 0 if all(r.get("mismatches", 0) == 0 for r in report.values()) else 1
+    reports = {bundle: check_bundle(bundle, trust=args.trust) for bundle in args.bundles}
+    status = 0 if all(r.get("mismatches", 0) == 0 for rep in reports.values() for r in rep.values()) else 1
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(reports[args.bundles[0]] if len(reports) == 1 else reports, indent=2))
         return status
+    for bundle, report in reports.items():
+        if len(reports) > 1:
+            print(f"{bundle}:")
+        _print_check(report)
+    return status
+
+
+def _print_check(report: dict) -> None:
+    """One bundle's check, a line per artifact."""
     for fmt, r in report.items():
         if "skipped" in r:
             print(f"{fmt:12} skipped: {r['skipped']}")
@@ -365,7 +375,6 @@ def cmd_check(args: argparse.Namespace) -> int:
         for key in ("first_mismatch", "first_near_tie"):
             if key in r:
                 print(f"{'':12} {key.replace('_', ' ')}: {r[key]}")
-    return status
 
 
 class UsageError(Exception):
@@ -457,8 +466,8 @@ def _add_export_commands(sub: Any) -> None:
     _add_common(p)
 
     p = sub.add_parser("check", help=COMMANDS["check"][1], description=COMMANDS["check"][1])
-    p.add_argument("bundle", metavar="BUNDLE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE", help="one or more bundle directories")
+    p.add_argument("--json", action="store_true", help="JSON (one bundle: its report; several: by bundle)")
     p.add_argument(
         "--trust",
         action="store_true",

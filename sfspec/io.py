@@ -35,9 +35,12 @@ def _mode_for(path: Path) -> int:
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write through ``write(file)`` into a temporary file, fsync it, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = _mode_for(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mode = _mode_for(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)  # mkstemp makes 0600; users expect their umask, as for any file they write
@@ -45,10 +48,18 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
     fsync_dir(path.parent)  # make the rename itself durable
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """The same error, naming the file and saying that its previous version (if any) is intact."""
+    kept = "; its previous version is unchanged" if path.exists() else ""
+    return OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}{kept}")
 
 
 def fsync_dir(directory: str | Path) -> None:

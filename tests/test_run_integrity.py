@@ -480,3 +480,56 @@ def test_an_empty_export_formats_list_is_a_spec_error(cli, write_spec):
     )
     result = cli("validate", path)
     assert result.code == 2 and "export.formats: needs at least 1 item(s)" in result.err
+
+
+@pytest.mark.parametrize("damage", ['{"step": 1\x00\n', "[1, 2]\n", '{"step": "x"}\n'])
+def test_resume_names_a_damaged_metrics_line_instead_of_crashing(cli, tmp_path, damage):
+    run = tmp_path / "run"
+    assert cli("train", write(tmp_path, with_train(steps=BATCH * 2)), "--run-dir", str(run), "--quiet").code == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text(lines[0] + damage + lines[1])
+    result = cli("train", "--resume", str(run), "--set", f"train.steps={BATCH * 3}", "--quiet")
+    assert result.code == 2 and "Traceback" not in result.err
+    assert "metrics.jsonl: line 2 is not" in result.err and "repair or remove that line" in result.err
+    plot = cli("plot", str(run), "--out", str(tmp_path / "c.png"))
+    assert plot.code == 2 and "line 2 is not" in plot.err
+
+
+def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_last_one(cli, tmp_path, monkeypatch):
+    import sfspec.io
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 5:  # spec.yaml (file, directory), checkpoint 1 (file, directory), then checkpoint 2
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(sfspec.io.os, "fsync", fsync)
+    run = tmp_path / "run"
+    result = cli("train", write(tmp_path, with_train(checkpoint_interval=1)), "--run-dir", str(run), "--quiet")
+    assert result.code == 1 and "Traceback" not in result.err
+    assert f"cannot write {run / 'checkpoint.pt'}: No space left on device; its previous version is unchanged" in (
+        result.err
+    )
+    assert load_checkpoint(run)["update"] == 1
+    assert [p.name for p in run.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    import datetime as real_datetime
+
+    import sfspec.runtime.train as train_module
+
+    class FrozenClock(real_datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 11, 28, 21, 30, 0)
+
+    monkeypatch.setattr(train_module, "datetime", FrozenClock)
+    monkeypatch.chdir(tmp_path)
+    first = train_module.default_run_dir("specs/cartpole.yaml")
+    first.mkdir(parents=True)
+    second = train_module.default_run_dir("specs/cartpole.yaml")
+    assert (first.name, second.name) == ("cartpole-20261128-213000", "cartpole-20261128-213000-2")

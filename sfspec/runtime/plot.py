@@ -15,7 +15,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl (is this a run directory?)")
     try:
         return parse_metrics(path.read_text(encoding="utf-8"))
-    except ValueError as exc:  # damage before the last line: not a crash's torn write
+    except (ValueError, UnicodeDecodeError) as exc:  # damage before the last line: not a crash's torn write
         raise ValueError(f"{path}: {exc}") from None
 
 

@@ -64,7 +64,7 @@ def refuse_existing_run(run_dir: Path, spec_path: str | None = None) -> None:
 def parse_metrics(text: str) -> list[dict]:
     """Metrics lines as dicts; a torn last line (a crash or a full disk mid-write) is skipped.
 
-    Raises ValueError naming the line when an earlier line is damaged.
+    Raises ValueError naming the line when an earlier line is damaged or is not a metrics record.
     """
     rows = []
     lines = text.splitlines()
@@ -72,11 +72,14 @@ def parse_metrics(text: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as exc:
             if i == len(lines) - 1 and not text.endswith("\n"):
                 break  # only the last, unterminated line can be torn; anything else is real damage
             raise ValueError(f"line {i + 1} is not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or type(row.get("step")) is not int:
+            raise ValueError(f"line {i + 1} is not a metrics record (a mapping with an integer 'step')")
+        rows.append(row)
     return rows
 
 
@@ -85,5 +88,9 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
     path = run_dir / METRICS_NAME
     if not path.is_file():
         return
-    kept = [row for row in parse_metrics(path.read_text(encoding="utf-8")) if row.get("step", 0) <= last_step]
+    try:
+        rows = parse_metrics(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: {exc}; repair or remove that line, then resume") from None
+    kept = [row for row in rows if row["step"] <= last_step]
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))

@@ -64,8 +64,13 @@ def seed_everything(seed: int) -> None:
 
 
 def default_run_dir(spec_path: str) -> Path:
-    """runs/<spec name>-<date>-<time>."""
-    return Path("runs") / f"{Path(spec_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    """runs/<spec name>-<date>-<time>, with -2, -3, ... when runs started within the same second."""
+    base = Path("runs") / f"{Path(spec_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def build_for_spec(spec: dict, env, device: torch.device, smap: SourceMap | None = None) -> ActorCritic:
