@@ -267,6 +267,11 @@ def _eval_one(path: str, args: argparse.Namespace) -> dict:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate runs' policies (or exported bundles) deterministically on fresh environments."""
+    from sfspec.export.formats import EXPORT_FORMATS
+
+    backends = EXPORT_FORMATS.runner_backends()  # read after plugins loaded: a plugin's format counts
+    if args.backend not in backends:
+        raise UsageError(f"--backend: '{args.backend}' is not one of {', '.join(backends)}")
     for path in args.runs:
         result = _eval_one(path, args)
         if args.json:
@@ -428,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON: return_mean, return_std, episodes, ...")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--video", metavar="DIR", help="also record one episode to DIR (needs moviepy)")
-    p.add_argument("--backend", default="onnx", choices=["onnx", "torchscript"], help="for a bundle")
+    p.add_argument("--backend", default="onnx", help="for a bundle: onnx (default), torchscript, or a plugin's format")
     _add_common(p)
 
     p = sub.add_parser("plot", help=COMMANDS["plot"][1], description=COMMANDS["plot"][1])

@@ -533,3 +533,8 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path,
     first.mkdir(parents=True)
     second = train_module.default_run_dir("specs/cartpole.yaml")
     assert (first.name, second.name) == ("cartpole-20261128-213000", "cartpole-20261128-213000-2")
+
+
+def test_eval_names_the_backends_it_can_run(cli, tmp_path):
+    result = cli("eval", str(tmp_path), "--backend", "pt3")
+    assert result.code == 2 and "--backend: 'pt3' is not one of onnx, torchscript" in result.err
