@@ -161,6 +161,79 @@ def test_check_never_unpickles_a_hostile_pt2_even_with_trust(cli, tiny_bundle, t
     assert trusting.code == 1 and "sfspec never unpickles a bundle" in trusting.err and _no_traceback(trusting)
 
 
+@pytest.mark.parametrize("folder", ["weights", "constants"])
+def test_check_never_unpickles_a_legacy_format_pt2_even_with_trust(cli, tiny_bundle, tmp_path, folder):
+    """torch.export.load reads data/<folder>/<model>.pt (the legacy format) with an unrestricted unpickler."""
+    bundle = _copy(tiny_bundle, tmp_path)
+    marker = tmp_path / "pwned"
+    out = io.BytesIO((bundle / "policy.pt2").read_bytes())
+    with zipfile.ZipFile(out, "a") as z:
+        prefix = z.namelist()[0].split("/")[0]
+        z.writestr(f"{prefix}/data/{folder}/model.pt", pickle.dumps(_WritesMarker(str(marker))))
+    (bundle / "policy.pt2").write_bytes(out.getvalue())
+    _rehash(bundle)
+    for args in (["check", str(bundle)], ["check", str(bundle), "--trust"]):
+        result = cli(*args)
+        assert not marker.exists()
+        assert result.code == 1 and f"data/{folder}/model.pt" in result.err and _no_traceback(result), result
+
+
+def _rewrite_pt2(bundle: Path, change) -> None:
+    """policy.pt2 with its entries (name -> bytes, in order) passed through ``change``; checksums rehashed."""
+    with zipfile.ZipFile(bundle / "policy.pt2") as source:
+        entries = [(info.filename, source.read(info)) for info in source.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about a duplicate name: that is the attack
+        for name, data in change(entries):
+            target.writestr(name, data)
+    (bundle / "policy.pt2").write_bytes(out.getvalue())
+    _rehash(bundle)
+
+
+def _pickling_config(entries: list) -> list:
+    """The weights config rewritten so that its first weight is a pickle (what torch unpickles freely)."""
+    out = []
+    for name, data in entries:
+        if name.endswith("model_weights_config.json"):
+            config = json.loads(data)
+            next(iter(config["config"].values()))["use_pickle"] = True
+            data = json.dumps(config).encode()
+        out.append((name, data))
+    return out
+
+
+def test_check_refuses_a_pt2_with_two_entries_of_one_name(cli, tiny_bundle, tmp_path):
+    """Python's zipfile reads the last of two like-named entries, torch's reader maybe the first: refuse both."""
+    bundle = _copy(tiny_bundle, tmp_path)
+
+    def shadowed(entries):
+        config = next((n, d) for n, d in entries if n.endswith("model_weights_config.json"))
+        return [(n, d) for n, d in _pickling_config([config])] + entries
+
+    _rewrite_pt2(bundle, shadowed)
+    result = cli("check", str(bundle), "--trust")
+    assert result.code == 1 and "two entries named alike" in result.err and _no_traceback(result), result
+
+
+def test_check_refuses_a_pt2_weight_stored_outside_the_raw_tensor_files(cli, tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+
+    def renamed(entries):
+        out = []
+        for name, data in entries:
+            if name.endswith("model_weights_config.json"):
+                config = json.loads(data)
+                next(iter(config["config"].values()))["path_name"] = "../models/model.json"
+                data = json.dumps(config).encode()
+            out.append((name, data))
+        return out
+
+    _rewrite_pt2(bundle, renamed)
+    result = cli("check", str(bundle), "--trust")
+    assert result.code == 1 and "not a raw weight_N tensor file" in result.err and _no_traceback(result), result
+
+
 def test_check_refuses_a_pt2_carrying_compiled_code(cli, tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
     archive = (bundle / "policy.pt2").read_bytes()
@@ -215,12 +288,16 @@ def box_bundle(tmp_path_factory) -> Path:
 
 def test_check_fails_a_bundle_whose_policy_outputs_nan(cli, box_bundle, tmp_path):
     bundle = _copy(box_bundle, tmp_path)
-    _scale_onnx(bundle, float("nan"))
+    _scale_onnx(bundle, float("inf"))  # finite nowhere, NaN nowhere: inf - inf makes the NaN at run time
     _regenerate_golden(bundle)  # golden outputs [[nan nan]] ...
     _rehash(bundle)  # ... and checksums that match
     assert np.isnan(np.load(bundle / "golden_io.npz")["batch/out/action"]).all()
     result = cli("check", str(bundle))
     assert result.code == 1 and "not finite" in result.out and _no_traceback(result), result
+    _scale_onnx(bundle, float("nan"))  # NaN weights are refused before anything runs
+    _rehash(bundle)
+    result = cli("check", str(bundle))
+    assert result.code == 1 and "holds NaN values" in result.err and _no_traceback(result), result
 
 
 def test_export_refuses_a_model_that_outputs_nan(write_spec, tmp_path):
@@ -231,6 +308,32 @@ def test_export_refuses_a_model_that_outputs_nan(write_spec, tmp_path):
     with pytest.raises(ExportError, match="not finite"):
         export_bundle(model, loaded.data, tmp_path / "bundle", ("onnx",))
     assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("part", ["weight", "bias"])
+def test_export_refuses_a_discrete_policy_whose_logits_are_nan(write_spec, tmp_path, part):
+    """argmax of NaN logits is 0 in eager and in every artifact alike: the outputs agree, the logits give it away."""
+    loaded = pipeline.load(write_spec("env: {id: CartPole-v1}\nmodel: {encoder: [linear: 8, tanh]}\n"))
+    model = pipeline.compile_spec(loaded)
+    with torch.no_grad():
+        getattr(model.action_head.linear, part).fill_(float("nan"))
+    with pytest.raises(ExportError, match="action logits behind 'action' are not finite"):
+        export_bundle(model, loaded.data, tmp_path / "bundle", ("onnx",))
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_check_and_runner_refuse_a_discrete_onnx_with_nan_weights(cli, tiny_bundle, tmp_path):
+    """NaN weights with golden data regenerated from them: every action 0, as recorded; still refused."""
+    bundle = _copy(tiny_bundle, tmp_path)
+    _scale_onnx(bundle, float("nan"))
+    _regenerate_golden(bundle)
+    _rehash(bundle)
+    assert (np.load(bundle / "golden_io.npz")["batch/out/action"] == 0).all()
+    result = cli("check", str(bundle))
+    assert result.code == 1 and "policy.onnx: its weight" in result.err and "holds NaN values" in result.err, result
+    assert _no_traceback(result)
+    with pytest.raises(BundleError, match="holds NaN values"):
+        PolicyRunner(bundle)
 
 
 def test_policy_runner_refuses_nan_observations_on_both_backends(tiny_bundle):

@@ -183,14 +183,27 @@ def _judge_discrete(verdict: Verdict, name: str, got: np.ndarray, eager: np.ndar
 
 
 def require_finite(names: list[str], expected: Expected, label: str) -> None:
-    """Refuse to export a model whose own outputs are NaN or infinite on the gate's inputs."""
-    for name, e, x in zip(names, expected.eager, expected.exact):
-        for values, run in ((e, "eager float32"), (x, "float64 reference")):
-            if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
-                raise ExportError(
-                    f"parity check failed: the model's {run} output '{name}' is not finite (NaN or inf) "
-                    f"on {label}; refusing to export a policy that outputs non-finite values"
-                )
+    """Refuse to export a model whose own outputs, or the logits of its discrete actions, are NaN or infinite.
+
+    A discrete action hides its logits: argmax of NaN logits is 0 in every runtime, so artifacts agree
+    and only the margins (NaN where a logit is not finite) show the fault.
+    """
+    runs = (
+        (expected.eager, expected.margins32, "eager float32"),
+        (expected.exact, expected.margins, "float64 reference"),
+    )
+    for values, margins, run in runs:
+        for name, value, margin in zip(names, values, margins):
+            if margin is not None and np.isnan(margin).any():
+                what = f"action logits behind '{name}' are"
+            elif np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                what = f"output '{name}' is"
+            else:
+                continue
+            raise ExportError(
+                f"parity check failed: the model's {run} {what} not finite (NaN or inf) "
+                f"on {label}; refusing to export a policy that computes non-finite values"
+            )
 
 
 # ---------------------------------------------------------------- the gate

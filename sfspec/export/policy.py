@@ -70,6 +70,8 @@ class DeployPolicy(nn.Module):
 
         The margin is how far the chosen logit is above the runner-up (or a Bernoulli logit from 0):
         a margin within float32 rounding noise is a near-tie, where artifacts may legitimately differ.
+        It is NaN where a logit the choice depends on is NaN or infinite (argmax of NaN is 0, a
+        decision no golden data can tell from a right one): the gate refuses those.
         """
         params, mask, new_states, value, batch = self._decide(inputs)
         env_actions = self.head.to_env(self.head.distribution(params, mask).mode())
@@ -99,13 +101,17 @@ class DeployPolicy(nn.Module):
                 out.append(None)
                 continue
             if kind == "bernoulli":
-                out.append(p.abs().reshape(batch, *shape))
+                out.append(torch.where(torch.isfinite(p), p.abs(), math.nan).reshape(batch, *shape))
                 continue
             width = sum(part.categories)
+            allowed = torch.ones_like(p, dtype=torch.bool)
             if mask is not None:  # masked choices are out of the running, not runners-up
-                p = p.masked_fill(mask[:, m_start : m_start + width] < 0.5, -math.inf)
+                allowed = mask[:, m_start : m_start + width] >= 0.5
+                p = p.masked_fill(~allowed, -math.inf)
             m_start += width
-            gaps = [_top2_gap(lg) for lg in torch.split(p, list(part.categories), dim=1)]
+            broken = ~torch.isfinite(p) & allowed  # a NaN or infinite logit among the allowed choices
+            sizes = list(part.categories)
+            gaps = [_top2_gap(lg, bad) for lg, bad in zip(p.split(sizes, dim=1), broken.split(sizes, dim=1))]
             out.append(torch.stack(gaps, dim=1).reshape(batch, *shape))
         return out
 
@@ -130,10 +136,11 @@ class DeployPolicy(nn.Module):
         return out
 
 
-def _top2_gap(logits: torch.Tensor) -> torch.Tensor:
-    """Best minus second-best logit per row; inf when only one choice is allowed, 0 when none is."""
+def _top2_gap(logits: torch.Tensor, broken: torch.Tensor) -> torch.Tensor:
+    """Best minus second-best logit per row; inf when only one choice is allowed, 0 when none is, NaN if ``broken``."""
     if logits.shape[1] < 2:
-        return torch.full(logits.shape[:1], math.inf, dtype=logits.dtype)
-    top = torch.topk(logits, 2, dim=1).values
-    gap = top[:, 0] - top[:, 1]
-    return torch.nan_to_num(gap, nan=0.0, posinf=math.inf)
+        gap = torch.full(logits.shape[:1], math.inf, dtype=logits.dtype)
+    else:
+        top = torch.topk(logits, 2, dim=1).values
+        gap = torch.nan_to_num(top[:, 0] - top[:, 1], nan=0.0, posinf=math.inf)
+    return torch.where(broken.any(dim=1), math.nan, gap)
