@@ -14,7 +14,8 @@ from sfspec import pipeline
 from sfspec.compiler import budget
 from sfspec.compiler.budget import MAX_LAYERS, check_memory, count_params
 from sfspec.errors import SpecError
-from sfspec.spec.loader import MAX_DEPTH, MAX_SPEC_BYTES, MAX_VALUES, LoadedSpec, SourceMap
+from sfspec.spec import loader
+from sfspec.spec.loader import MAX_DEPTH, MAX_EXTENDS, MAX_SPEC_BYTES, MAX_VALUES, LoadedSpec, SourceMap
 
 CARTPOLE = """
 env: {id: CartPole-v1}
@@ -75,6 +76,124 @@ def test_extends_refuses_a_directory_named_yaml(cli, write_spec, tmp_path):
 def test_extends_of_a_yaml_file_still_works(cli, write_spec, tmp_path):
     (tmp_path / "base.yml").write_text("train: {lr: 0.001}\n")
     assert cli("validate", write_spec(CARTPOLE + "extends: base.yml\n")).code == 0
+
+
+# ---------------------------------------------------------------- A2: one budget for a spec and every file it extends
+
+
+def _comments(size: int) -> str:
+    """About ``size`` bytes of YAML comments: costs bytes, not values."""
+    return "# filler\n" * (size // 9)
+
+
+def _ones(count: int) -> str:
+    """A flow list of ``count`` values."""
+    return "[" + ", ".join(["1"] * count) + "]"
+
+
+def test_extends_listing_one_base_forty_times_is_refused_before_reading_it(cli, write_spec, tmp_path):
+    # 40 x 100 KB: 4 MB to parse if each entry were read (and each base fits under the per-file cap of old)
+    (tmp_path / "b.yaml").write_text(CARTPOLE + _comments(100_000))
+    path = write_spec("extends: [" + ", ".join(["b.yaml"] * 40) + "]\n")
+    _refused(
+        cli("validate", "--no-env", path),
+        f"{path}:1:{11 + 8 * MAX_EXTENDS}: extends[{MAX_EXTENDS}]:",
+        f"too many extends entries (40 here): a spec and the files it extends list at most {MAX_EXTENDS} in all",
+    )
+
+
+def test_extends_entries_are_counted_across_the_chain(cli, write_spec, tmp_path):
+    for i in range(1, MAX_EXTENDS + 1):  # spec -> c1 -> c2 -> ... -> c17: 17 entries, one per file
+        (tmp_path / f"c{i}.yaml").write_text(f"extends: c{i + 1}.yaml\ntrain: {{seed: {i}}}\n")
+    (tmp_path / f"c{MAX_EXTENDS + 1}.yaml").write_text(CARTPOLE)
+    path = write_spec("extends: c1.yaml\n")
+    last = tmp_path / f"c{MAX_EXTENDS}.yaml"
+    _refused(
+        cli("validate", "--no-env", path),
+        f"{last}:1:10: extends:",
+        f"too many extends entries (1 here, {MAX_EXTENDS} in the files read before it)",
+    )
+
+
+def test_the_same_base_listed_twice_is_refused(cli, write_spec, tmp_path):
+    (tmp_path / "b.yaml").write_text(CARTPOLE)
+    path = write_spec("extends: [b.yaml, ./b.yaml]\n")
+    _refused(cli("validate", "--no-env", path), f"{path}:1:19: extends[1]:", "./b.yaml is already listed at extends[0]")
+
+
+def test_the_byte_limit_holds_for_the_whole_extends_chain(cli, write_spec, tmp_path):
+    third = MAX_SPEC_BYTES * 2 // 5  # each file well under the limit, the three together over it
+    (tmp_path / "c.yaml").write_text(CARTPOLE + _comments(third))
+    (tmp_path / "b.yaml").write_text("extends: c.yaml\n" + _comments(third))
+    path = write_spec("extends: b.yaml\n" + _comments(third))
+    _refused(
+        cli("validate", "--no-env", path),
+        f"{tmp_path / 'b.yaml'}:1:10: extends: {tmp_path / 'c.yaml'} takes the spec past",
+        f"{MAX_SPEC_BYTES // 1024} KiB in all, counting the files it extends",
+    )
+
+
+def test_the_value_limit_holds_for_the_whole_extends_chain(cli, write_spec, tmp_path):
+    many = MAX_VALUES * 3 // 5  # each base under the limit, the two together over it
+    (tmp_path / "b.yaml").write_text(f"env: {{id: CartPole-v1, kwargs: {{b: {_ones(many)}}}}}\nmodel: {{}}\n")
+    (tmp_path / "c.yaml").write_text(f"env: {{kwargs: {{c: {_ones(many)}}}}}\n")
+    path = write_spec("extends: [b.yaml, c.yaml]\n")
+    _refused(
+        cli("validate", "--no-env", path),
+        f"{tmp_path / 'c.yaml'}:1:",
+        f"more than {MAX_VALUES:,} values in one spec (counting the files it extends)",
+    )
+
+
+def test_a_base_reused_by_two_bases_counts_its_values_each_time(cli, write_spec, tmp_path):
+    many = MAX_VALUES * 3 // 5  # parsed once, but merged twice
+    (tmp_path / "d.yaml").write_text(f"env: {{id: CartPole-v1, kwargs: {{d: {_ones(many)}}}}}\nmodel: {{}}\n")
+    (tmp_path / "b.yaml").write_text("extends: d.yaml\n")
+    (tmp_path / "c.yaml").write_text("extends: d.yaml\n")
+    path = write_spec("extends: [b.yaml, c.yaml]\n")
+    _refused(
+        cli("validate", "--no-env", path),
+        f"{tmp_path / 'c.yaml'}:1:10: extends:",
+        f"takes the spec past {MAX_VALUES:,} values in all, counting each time a file is extended",
+    )
+
+
+def test_a_base_two_bases_extend_is_parsed_once_and_merged_in_order(write_spec, tmp_path, monkeypatch):
+    (tmp_path / "d.yaml").write_text("env: {id: CartPole-v1, num_envs: 2}\nmodel: {}\ntrain: {lr: 0.1, seed: 1}\n")
+    (tmp_path / "b.yaml").write_text("extends: d.yaml\ntrain: {lr: 0.2}\n")
+    (tmp_path / "c.yaml").write_text("extends: d.yaml\ntrain: {seed: 3}\n")
+    path = write_spec("extends: [b.yaml, c.yaml]\nenv: {num_envs: 4}\n")
+    parsed: list[str] = []
+    real_parse = loader.parse_yaml
+
+    def counting_parse(text: str, source: str, *rest):
+        parsed.append(source)
+        return real_parse(text, source, *rest)
+
+    monkeypatch.setattr(loader, "parse_yaml", counting_parse)
+    loaded = pipeline.load(path)
+    assert sorted(parsed) == sorted([path] + [str(tmp_path / name) for name in ("b.yaml", "c.yaml", "d.yaml")])
+    # c re-applies d's lr over b's: later bases win, whatever they inherit
+    assert loaded.data["train"] == {"lr": 0.1, "seed": 3}
+    assert loaded.data["env"] == {"id": "CartPole-v1", "num_envs": 4}
+    assert str(loaded.source_map.locate(("train", "seed"))) == f"{tmp_path / 'c.yaml'}:2:15"
+    assert str(loaded.source_map.locate(("env", "num_envs"))) == f"{path}:2:17"
+    assert "extends" not in loaded.data and not any(p[:1] == ("extends",) for p in loaded.source_map.values)
+
+
+def test_a_two_level_extends_still_merges_and_points_into_each_file(cli, write_spec, tmp_path):
+    (tmp_path / "base.yaml").write_text("env: {id: CartPole-v1}\nmodel:\n  encoder: [linear: 16, tanh]\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\ntrain: {lr: 0.001, gamma: 0.9}\n")
+    ok = write_spec("extends: mid.yaml\ntrain: {rollout: 32}\n", "ok.yaml")
+    assert cli("validate", ok).code == 0
+    loaded = pipeline.load(ok)
+    assert loaded.data["train"] == {"lr": 0.001, "gamma": 0.9, "rollout": 32}
+    assert loaded.files == [ok, str(tmp_path / "mid.yaml"), str(tmp_path / "base.yaml")]
+    (tmp_path / "typo.yaml").write_text("extends: base.yaml\ntrain: {lr: 0.001, gama: 0.9}\n")
+    bad = write_spec("extends: typo.yaml\nmodel: {encoder: [linear: 16, tanh, conv9]}\n", "bad.yaml")
+    result = cli("validate", "--no-env", bad)
+    _refused(result, f"{tmp_path / 'typo.yaml'}:2:20: train.gama: unknown key 'gama'", "(did you mean 'gamma'?)")
+    assert f"{bad}:2:37: model.encoder[2]: unknown layer 'conv9'" in result.err
 
 
 def test_a_syntax_error_echoes_no_other_line_of_the_file(cli, write_spec):
@@ -330,6 +449,21 @@ def test_env_kwargs_may_hold_infinity_but_not_nan(cli, write_spec):
     assert cli("validate", "--no-env", ok).code == 0
     bad = write_spec("env: {id: CartPole-v1, kwargs: {limit: .nan}}\nmodel: {}\n", "bad.yaml")
     _refused(cli("validate", "--no-env", bad), f"{bad}:1:40: env.kwargs.limit:", "got NaN")
+
+
+@pytest.mark.parametrize(
+    ("text", "where", "what"),
+    [
+        ("train: {gamma: .inf}", "4:16: train.gamma", "infinity"),  # also above gamma's bound of 1
+        ("train: {lr: .nan}", "4:13: train.lr", "NaN"),
+        ("train: {clip: -.inf}", "4:15: train.clip", "infinity"),  # also below clip's bound of 0
+    ],
+)
+def test_a_non_finite_number_out_of_bounds_is_one_error_not_two(cli, write_spec, text, where, what):
+    path = write_spec(CARTPOLE + text + "\n")
+    result = cli("validate", "--no-env", path)
+    _refused(result, f"{path}:{where}: must be a finite number, got {what}", "sfspec: 1 problem found")
+    assert "must be <" not in result.err and "must be >" not in result.err, result.err
 
 
 @pytest.mark.parametrize(

@@ -33,11 +33,31 @@ class LoadedSpec:
 _FLOAT_RE = re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 # Limits that turn hostile input into an error instead of a stalled or exhausted machine.
-# A real spec is a few kilobytes, a few hundred values and a dozen levels deep.
-MAX_SPEC_BYTES = 512 * 1024
+# A real spec is a few kilobytes, a few hundred values and a dozen levels deep. Bytes, values and extends
+# entries are one budget for a whole spec (the file and every file it extends): per file, a list of 40
+# copies of one base would multiply them. PyYAML parses in pure Python (~1 s per 20,000 values, and the
+# schema takes about as long again), so these keep a worst-case `sfspec validate` near a second.
+MAX_SPEC_BYTES = 128 * 1024
 MAX_DEPTH = 64  # nested mappings and lists
-MAX_VALUES = 50_000  # values after YAML aliases are expanded (billion laughs)
+MAX_VALUES = 10_000  # values after YAML aliases are expanded (billion laughs); a real spec has hundreds
+MAX_EXTENDS = 16  # extends entries, counting those of the files extended
 YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class _Budget:
+    """What one ``load_spec`` has used so far, across every file it reads: the limits hold for the total."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.nodes = 0  # YAML nodes composed
+        self.values = 0  # values built, aliases expanded, counted again each time an extends reuses a file
+        self.extends = 0  # extends entries
+        self.files = 0  # files parsed
+        self.parsed: dict[FsPath, tuple[dict, SourceMap]] = {}  # each base file parsed once per load
+
+    def in_all(self) -> str:
+        """' (counting the files it extends)' once a second file is read, else ''."""
+        return " (counting the files it extends)" if self.files > 1 else ""
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -45,18 +65,19 @@ class _SpecLoader(yaml.SafeLoader):
 
     source = "<spec>"
     depth = 0
-    composed = 0
+    budget: _Budget
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         """Compose one node, refusing documents nested or sized beyond the limits."""
         mark = self.peek_event().start_mark
         self.depth += 1
-        self.composed += 1
+        self.budget.nodes += 1
         try:
             if self.depth > MAX_DEPTH:
                 raise spec_error(_loc(self.source, mark), (), f"nested more than {MAX_DEPTH} levels deep")
-            if self.composed > MAX_VALUES:
-                raise spec_error(_loc(self.source, mark), (), f"more than {MAX_VALUES:,} values in one spec")
+            if self.budget.nodes > MAX_VALUES:
+                message = f"more than {MAX_VALUES:,} values in one spec{self.budget.in_all()}"
+                raise spec_error(_loc(self.source, mark), (), message)
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
@@ -72,19 +93,15 @@ def _loc(source: str, mark: yaml.Mark) -> Location:
     return Location(source, mark.line + 1, mark.column + 1)
 
 
-class _Budget:
-    """Counts the values built from a document, aliases expanded."""
-
-    def __init__(self) -> None:
-        self.values = 0
-
-
 def _construct(node: yaml.Node, loader: _SpecLoader, source: str, path: tuple, smap: SourceMap, budget: _Budget) -> Any:
     """Build plain Python data from a composed YAML node, recording positions."""
     where = _loc(source, node.start_mark)
     budget.values += 1
     if budget.values > MAX_VALUES:
-        message = f"the spec expands to more than {MAX_VALUES:,} values (YAML aliases '*name' repeat whole subtrees)"
+        message = (
+            f"the spec expands to more than {MAX_VALUES:,} values{budget.in_all()} "
+            "(YAML aliases '*name' repeat whole subtrees)"
+        )
         raise spec_error(where, path, message)
     if len(path) > MAX_DEPTH:  # also stops a recursive alias ('&a [*a]'); name only the top of the path
         message = f"nested more than {MAX_DEPTH} levels deep (a YAML alias inside its own anchor?)"
@@ -129,17 +146,20 @@ def _construct_scalar(node: yaml.ScalarNode, loader: _SpecLoader, where: Locatio
         raise spec_error(where, path, f"a number with {digits:,} digits is too long for a spec") from None
 
 
-def parse_yaml(text: str, source: str) -> tuple[Any, SourceMap]:
-    """Parse one YAML document safely into plain data and a source map."""
+def parse_yaml(text: str, source: str, budget: _Budget | None = None) -> tuple[Any, SourceMap]:
+    """Parse one YAML document safely into plain data and a source map (within ``budget``, if shared)."""
     smap = SourceMap()
     loader = None
+    budget = budget or _Budget()
+    budget.files += 1
     try:
         loader = _SpecLoader(text)
         loader.source = source
+        loader.budget = budget
         node = loader.get_single_node()
         if node is None:
             return None, smap
-        return _construct(node, loader, source, (), smap, _Budget()), smap
+        return _construct(node, loader, source, (), smap, budget), smap
     except yaml.constructor.ConstructorError as exc:
         mark = exc.problem_mark or exc.context_mark
         tag = ""
@@ -248,22 +268,24 @@ def _explain_flow(context: str, problem: str, start: yaml.Mark, end: yaml.Mark, 
     )
 
 
-def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: bool) -> str:
+def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: bool, budget: _Budget) -> str:
     """Read a spec file as text, refusing what is not one (too big, binary, a device or /proc file)."""
+    room = MAX_SPEC_BYTES - budget.bytes  # what the files read before this one left
     try:
         # stat before open: opening a FIFO or a device named *.yaml could block or never end
         if base and (not stat.S_ISREG(os.stat(path).st_mode) or _is_special(path)):
             raise spec_error(where, item, f"{shown} is not a regular file")
         with open(path, "rb") as handle:
-            raw = handle.read(MAX_SPEC_BYTES + 1)
+            raw = handle.read(room + 1)
     except FileNotFoundError:
         raise spec_error(where, item, f"file not found: {shown}" if base else "file not found") from None
     except IsADirectoryError:
         raise spec_error(where, item, f"{shown} is a directory, not a spec") from None
     except OSError as exc:
         raise spec_error(where, item, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise spec_error(where, item, f"{shown} is larger than {MAX_SPEC_BYTES // 1024} KiB: too big for a spec")
+    if len(raw) > room:
+        raise spec_error(where, item, _too_big(shown, budget))
+    budget.bytes += len(raw)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -272,16 +294,26 @@ def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: boo
         raise spec_error(spot, (), "not UTF-8 text: is this a binary file?") from None
 
 
+def _too_big(shown: str, budget: _Budget) -> str:
+    limit = f"{MAX_SPEC_BYTES // 1024} KiB"
+    if not budget.bytes:
+        return f"{shown} is larger than {limit}: too big for a spec"
+    return (
+        f"{shown} takes the spec past {limit} in all, counting the files it extends "
+        f"({budget.bytes:,} bytes read before this file): too big for a spec"
+    )
+
+
 def _is_special(path: FsPath) -> bool:
     """Whether a path lies in a kernel file system (/proc, /sys, /dev), whose files are not data."""
     parts = path.resolve().parts
     return len(parts) > 1 and parts[1] in ("proc", "sys", "dev")
 
 
-def _read_mapping_file(path: FsPath, shown: str, where: Location | None = None, item: tuple = ()) -> tuple:
+def _read_mapping_file(path: FsPath, shown: str, budget: _Budget, where: Location | None, item: tuple) -> tuple:
     """Read one spec file, which must hold a non-empty mapping."""
-    text = _read_text(path, shown, where or Location(shown), item, base=where is not None)
-    data, smap = parse_yaml(text, shown)
+    text = _read_text(path, shown, where or Location(shown), item, where is not None, budget)
+    data, smap = parse_yaml(text, shown, budget)
     if data is None:
         raise spec_error(Location(shown, 1, 1), (), "the spec is empty: expected a mapping with 'env' and 'model'")
     if not isinstance(data, dict):
@@ -305,24 +337,36 @@ def deep_merge(base: Any, over: Any) -> Any:
     return over
 
 
-def _merged_source_map(data: Any, over: SourceMap, base: SourceMap, path: tuple = ()) -> SourceMap:
-    """Positions of a merged tree: the overriding file's where it has the path, else the base's."""
-    out = SourceMap()
+def _merged_source_map(base_data: Any, over_data: Any, base: SourceMap, over: SourceMap) -> SourceMap:
+    """Positions of ``deep_merge(base_data, over_data)``: the overriding file's where it has the path, else the base's.
 
-    def walk(value: Any, p: tuple) -> None:
-        for m_out, m_over, m_base in ((out.values, over.values, base.values), (out.keys, over.keys, base.keys)):
-            loc = m_over.get(p) or m_base.get(p)
-            if loc is not None:
-                m_out[p] = loc
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(v, p + (k,))
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, p + (i,))
+    Whole tables are merged at C speed; only base positions under a subtree ``over`` replaces are dropped.
+    """
+    replaced: set[tuple] = set()
+    _replaced_subtrees(base_data, over_data, (), replaced)
+    return SourceMap(
+        {**_without(base.values, replaced), **_without(over.values, replaced, below=False)},
+        {**_without(base.keys, replaced), **_without(over.keys, replaced, below=False)},
+    )
 
-    walk(data, path)
-    return out
+
+def _replaced_subtrees(base: Any, over: Any, path: tuple, out: set[tuple]) -> None:
+    """Collect the paths where ``over`` replaces a non-empty mapping or list of ``base`` (deep_merge's rule)."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        for key, value in over.items():
+            if key in base:
+                _replaced_subtrees(base[key], value, path + (key,), out)
+    elif isinstance(base, (dict, list)) and base:
+        out.add(path)
+
+
+def _without(table: dict[tuple, Location], replaced: set[tuple], below: bool = True) -> dict[tuple, Location]:
+    """``table`` less 'extends' (not in the merged tree) and, if ``below``, the positions under ``replaced``."""
+    if ("extends",) in table:
+        table = {p: loc for p, loc in table.items() if p[:1] != ("extends",)}
+    if below and replaced:
+        table = {p: loc for p, loc in table.items() if not any(p[:n] in replaced for n in range(1, len(p)))}
+    return table
 
 
 def load_spec(path: str | FsPath, overrides: Sequence[str] = ()) -> LoadedSpec:
@@ -330,40 +374,83 @@ def load_spec(path: str | FsPath, overrides: Sequence[str] = ()) -> LoadedSpec:
     shown = str(path)
     if "\0" in shown:
         raise spec_error(Location(repr(shown)), (), "a file name cannot contain a NUL character")
-    data, smap, files = _load_with_extends(FsPath(path), shown, chain=())
-    loaded = LoadedSpec(data, smap, shown, files)
+    data, smap, files = _load_with_extends(FsPath(path), shown, (), _Budget())
+    loaded = LoadedSpec(data, smap, shown, list(dict.fromkeys(files)))
     return apply_overrides(loaded, overrides)
 
 
 def _load_with_extends(
-    path: FsPath, shown: str, chain: tuple, where: Location | None = None, item: tuple = ()
+    path: FsPath, shown: str, chain: tuple, budget: _Budget, where: Location | None = None, item: tuple = ()
 ) -> tuple[dict, SourceMap, list[str]]:
     real = path.resolve()
     if real in chain:
         names = " -> ".join(str(p) for p in (*chain, real))
         raise spec_error(Location(shown), ("extends",), f"extends cycle: {names}")
-    data, smap = _read_mapping_file(path, shown, where, item)
+    data, smap = _parse_once(path, real, shown, budget, where, item)
     files = [shown]
-    extends = data.pop("extends", None)
+    extends = data.get("extends")
     if extends is None:
         return data, smap, files
+    bases = _extends_entries(path, extends, smap, budget)
+    merged: dict = {}
+    merged_map = SourceMap()
+    for item_path, base_path in bases:
+        base_data, base_map, base_files = _load_with_extends(
+            base_path, str(base_path), chain + (real,), budget, smap.locate(item_path), item_path
+        )
+        if merged:
+            new = deep_merge(merged, base_data)
+            merged_map = _merged_source_map(merged, base_data, merged_map, base_map)
+            merged = new
+        else:  # the first base as it is: nothing to merge it with
+            merged, merged_map = base_data, base_map
+        files += base_files
+    data = {k: v for k, v in data.items() if k != "extends"}
+    new = deep_merge(merged, data)
+    return new, _merged_source_map(merged, data, merged_map, smap), files
+
+
+def _parse_once(
+    path: FsPath, real: FsPath, shown: str, budget: _Budget, where: Location | None, item: tuple
+) -> tuple[dict, SourceMap]:
+    """A spec file's tree, parsed on first use; a reuse counts its values again (merging it costs as much)."""
+    if real not in budget.parsed:
+        budget.parsed[real] = _read_mapping_file(path, shown, budget, where, item)
+        return budget.parsed[real]
+    data, smap = budget.parsed[real]
+    budget.values += len(smap.values)
+    if budget.values > MAX_VALUES:
+        message = f"{shown} takes the spec past {MAX_VALUES:,} values in all, counting each time a file is extended"
+        raise spec_error(where, item, message)
+    return data, smap
+
+
+def _extends_entries(spec: FsPath, extends: Any, smap: SourceMap, budget: _Budget) -> list[tuple[tuple, FsPath]]:
+    """The (item path, file) of each ``extends`` entry: at most MAX_EXTENDS in a spec, each named once."""
     bases = [extends] if isinstance(extends, str) else extends
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
         raise spec_error(smap.locate(("extends",)), ("extends",), "extends must be a file name or a list of file names")
-    merged: dict = {}
-    merged_map = SourceMap()
-    for i, base in enumerate(bases):
-        item_path = ("extends",) if isinstance(extends, str) else ("extends", i)
-        base_path = _base_path(path, base, smap.locate(item_path), item_path)
-        base_data, base_map, base_files = _load_with_extends(
-            base_path, str(base_path), chain + (real,), smap.locate(item_path), item_path
+    if budget.extends + len(bases) > MAX_EXTENDS:
+        first_over = MAX_EXTENDS - budget.extends
+        item = ("extends",) if isinstance(extends, str) else ("extends", first_over)
+        before = f", {budget.extends} in the files read before it" if budget.extends else ""
+        message = (
+            f"too many extends entries ({len(bases)} here{before}): a spec and the files it extends "
+            f"list at most {MAX_EXTENDS} in all"
         )
-        new = deep_merge(merged, base_data)
-        merged_map = _merged_source_map(new, base_map, merged_map)
-        merged = new
-        files += base_files
-    new = deep_merge(merged, data)
-    return new, _merged_source_map(new, smap, merged_map), files
+        raise spec_error(smap.locate(item), item, message)
+    budget.extends += len(bases)
+    out: list[tuple[tuple, FsPath]] = []
+    seen: dict[FsPath, int] = {}
+    for i, base in enumerate(bases):
+        item = ("extends",) if isinstance(extends, str) else ("extends", i)
+        base_path = _base_path(spec, base, smap.locate(item), item)
+        real = base_path.resolve()
+        if real in seen:
+            raise spec_error(smap.locate(item), item, f"{base} is already listed at extends[{seen[real]}]")
+        seen[real] = i
+        out.append((item, base_path))
+    return out
 
 
 def _base_path(spec: FsPath, base: str, where: Location | None, item: tuple) -> FsPath:

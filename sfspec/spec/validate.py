@@ -8,7 +8,7 @@ from typing import Any
 
 import jsonschema
 
-from sfspec.compiler.budget import layer_count_issues
+from sfspec.compiler.layer_count import layer_count_issues  # not budget: that imports numpy
 from sfspec.compiler.registry import COMPONENT_REGISTRIES, LAYERS
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
 from sfspec.spec.loader import LoadedSpec, SourceMap
@@ -64,7 +64,10 @@ def validate_spec(loaded: LoadedSpec) -> None:
     more layers than ``MAX_LAYERS`` (checked by arithmetic, before any ``repeat`` is expanded).
     """
     smap = loaded.source_map
-    issues = schema_issues(loaded.data, smap) + number_issues(loaded.data, smap)
+    numbers = number_issues(loaded.data, smap)
+    # One mistake, one error: infinity also breaks a bound ('gamma: .inf' is not <= 1); being non-finite is the cause.
+    flagged = {issue.path for issue in numbers}
+    issues = [issue for issue in schema_issues(loaded.data, smap) if issue.path not in flagged] + numbers
     if not issues:
         issues = layer_count_issues(loaded.data, smap)
     if issues:
