@@ -133,6 +133,15 @@ def test_the_byte_limit_holds_for_the_whole_extends_chain(cli, write_spec, tmp_p
     )
 
 
+def test_a_base_larger_than_the_limit_is_refused_at_its_extends_line(cli, write_spec, tmp_path):
+    (tmp_path / "big.yaml").write_text(CARTPOLE + _comments(MAX_SPEC_BYTES + 100))
+    path = write_spec("train: {lr: 0.001}\nextends: big.yaml\n")
+    _refused(
+        cli("validate", "--no-env", path),
+        f"{path}:2:10: extends: {tmp_path / 'big.yaml'}",
+        f"is larger than {MAX_SPEC_BYTES // 1024} KiB: too big for a spec",
+    )
+
 def test_the_value_limit_holds_for_the_whole_extends_chain(cli, write_spec, tmp_path):
     many = MAX_VALUES * 3 // 5  # each base under the limit, the two together over it
     (tmp_path / "b.yaml").write_text(f"env: {{id: CartPole-v1, kwargs: {{b: {_ones(many)}}}}}\nmodel: {{}}\n")

@@ -277,6 +277,7 @@ def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: boo
             raise spec_error(where, item, f"{shown} is not a regular file")
         with open(path, "rb") as handle:
             raw = handle.read(room + 1)
+            alone = os.fstat(handle.fileno()).st_size > MAX_SPEC_BYTES  # too big even without the files before it
     except FileNotFoundError:
         raise spec_error(where, item, f"file not found: {shown}" if base else "file not found") from None
     except IsADirectoryError:
@@ -284,7 +285,7 @@ def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: boo
     except OSError as exc:
         raise spec_error(where, item, f"cannot read {shown}: {exc.strerror or type(exc).__name__}") from None
     if len(raw) > room:
-        raise spec_error(where, item, _too_big(shown, budget))
+        raise spec_error(where, item, _too_big(shown, budget, alone))
     budget.bytes += len(raw)
     try:
         return raw.decode("utf-8")
@@ -294,9 +295,9 @@ def _read_text(path: FsPath, shown: str, where: Location, item: tuple, base: boo
         raise spec_error(spot, (), "not UTF-8 text: is this a binary file?") from None
 
 
-def _too_big(shown: str, budget: _Budget) -> str:
+def _too_big(shown: str, budget: _Budget, alone: bool) -> str:
     limit = f"{MAX_SPEC_BYTES // 1024} KiB"
-    if not budget.bytes:
+    if alone or not budget.bytes:
         return f"{shown} is larger than {limit}: too big for a spec"
     return (
         f"{shown} takes the spec past {limit} in all, counting the files it extends "
