@@ -90,21 +90,46 @@ class _WritesMarker:
         return (open, (self.path, "w"))
 
 
-def _pickled_pt2(bundle: Path, marker: Path) -> None:
-    """policy.pt2 with its first weight marked use_pickle and replaced by a hostile pickle."""
+def _rewrite_pt2(bundle: Path, change) -> None:
+    """policy.pt2 with its entries (a list of (name, bytes), in order) passed through ``change``; checksums rehashed."""
     with zipfile.ZipFile(bundle / "policy.pt2") as source:
-        entries = {name: source.read(name) for name in source.namelist()}
-    config_name = next(n for n in entries if n.endswith("model_weights_config.json"))
-    config = json.loads(entries[config_name])
-    first = next(iter(config["config"].values()))
-    first["use_pickle"] = True
-    entries[config_name] = json.dumps(config).encode()
-    entries[config_name.rsplit("/", 1)[0] + "/" + first["path_name"]] = pickle.dumps(_WritesMarker(str(marker)))
+        entries = [(info.filename, source.read(info)) for info in source.infolist()]
     out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
-        for name, data in entries.items():
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about a duplicate name: one test's attack
+        for name, data in change(entries):
             target.writestr(name, data)
     (bundle / "policy.pt2").write_bytes(out.getvalue())
+    _rehash(bundle)  # the attacker rewrites policy.json too
+
+
+def _add_to_pt2(bundle: Path, entry: str, data: bytes) -> None:
+    """policy.pt2 with one more entry (``entry`` inside the archive's top-level folder); checksums rehashed."""
+    _rewrite_pt2(bundle, lambda entries: [*entries, (f"{entries[0][0].split('/')[0]}/{entry}", data)])
+
+
+def _first_weight(entries: list, **changes) -> list:
+    """The entries with the weights config's first entry changed (``changes``), the rest as they were."""
+    out = []
+    for name, data in entries:
+        if name.endswith("model_weights_config.json"):
+            config = json.loads(data)
+            next(iter(config["config"].values())).update(changes)
+            data = json.dumps(config).encode()
+        out.append((name, data))
+    return out
+
+
+def _pickled_pt2(bundle: Path, marker: Path) -> None:
+    """policy.pt2 with its first weight marked use_pickle and replaced by a hostile pickle."""
+
+    def pickled(entries: list) -> list:
+        folder, config = next((n.rsplit("/", 1)[0], d) for n, d in entries if n.endswith("model_weights_config.json"))
+        first = next(iter(json.loads(config)["config"].values()))["path_name"]
+        hostile = pickle.dumps(_WritesMarker(str(marker)))
+        return [(n, hostile if n == f"{folder}/{first}" else d) for n, d in _first_weight(entries, use_pickle=True)]
+
+    _rewrite_pt2(bundle, pickled)
 
 
 class _WritesFile(torch.nn.Module):
@@ -152,7 +177,6 @@ def test_check_never_unpickles_a_hostile_pt2_even_with_trust(cli, tiny_bundle, t
     bundle = _copy(tiny_bundle, tmp_path)
     marker = tmp_path / "pwned"
     _pickled_pt2(bundle, marker)
-    _rehash(bundle)  # the attacker rewrites policy.json too
     plain = cli("check", str(bundle))
     assert not marker.exists()
     assert plain.code == 1 and "pickled data" in plain.err and _no_traceback(plain)
@@ -166,41 +190,11 @@ def test_check_never_unpickles_a_legacy_format_pt2_even_with_trust(cli, tiny_bun
     """torch.export.load reads data/<folder>/<model>.pt (the legacy format) with an unrestricted unpickler."""
     bundle = _copy(tiny_bundle, tmp_path)
     marker = tmp_path / "pwned"
-    out = io.BytesIO((bundle / "policy.pt2").read_bytes())
-    with zipfile.ZipFile(out, "a") as z:
-        prefix = z.namelist()[0].split("/")[0]
-        z.writestr(f"{prefix}/data/{folder}/model.pt", pickle.dumps(_WritesMarker(str(marker))))
-    (bundle / "policy.pt2").write_bytes(out.getvalue())
-    _rehash(bundle)
+    _add_to_pt2(bundle, f"data/{folder}/model.pt", pickle.dumps(_WritesMarker(str(marker))))
     for args in (["check", str(bundle)], ["check", str(bundle), "--trust"]):
         result = cli(*args)
         assert not marker.exists()
         assert result.code == 1 and f"data/{folder}/model.pt" in result.err and _no_traceback(result), result
-
-
-def _rewrite_pt2(bundle: Path, change) -> None:
-    """policy.pt2 with its entries (name -> bytes, in order) passed through ``change``; checksums rehashed."""
-    with zipfile.ZipFile(bundle / "policy.pt2") as source:
-        entries = [(info.filename, source.read(info)) for info in source.infolist()]
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about a duplicate name: that is the attack
-        for name, data in change(entries):
-            target.writestr(name, data)
-    (bundle / "policy.pt2").write_bytes(out.getvalue())
-    _rehash(bundle)
-
-
-def _pickling_config(entries: list) -> list:
-    """The weights config rewritten so that its first weight is a pickle (what torch unpickles freely)."""
-    out = []
-    for name, data in entries:
-        if name.endswith("model_weights_config.json"):
-            config = json.loads(data)
-            next(iter(config["config"].values()))["use_pickle"] = True
-            data = json.dumps(config).encode()
-        out.append((name, data))
-    return out
 
 
 def test_check_refuses_a_pt2_with_two_entries_of_one_name(cli, tiny_bundle, tmp_path):
@@ -209,7 +203,7 @@ def test_check_refuses_a_pt2_with_two_entries_of_one_name(cli, tiny_bundle, tmp_
 
     def shadowed(entries):
         config = next((n, d) for n, d in entries if n.endswith("model_weights_config.json"))
-        return [(n, d) for n, d in _pickling_config([config])] + entries
+        return _first_weight([config], use_pickle=True) + entries
 
     _rewrite_pt2(bundle, shadowed)
     result = cli("check", str(bundle), "--trust")
@@ -219,30 +213,14 @@ def test_check_refuses_a_pt2_with_two_entries_of_one_name(cli, tiny_bundle, tmp_
 def test_check_refuses_a_pt2_weight_stored_outside_the_raw_tensor_files(cli, tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
 
-    def renamed(entries):
-        out = []
-        for name, data in entries:
-            if name.endswith("model_weights_config.json"):
-                config = json.loads(data)
-                next(iter(config["config"].values()))["path_name"] = "../models/model.json"
-                data = json.dumps(config).encode()
-            out.append((name, data))
-        return out
-
-    _rewrite_pt2(bundle, renamed)
+    _rewrite_pt2(bundle, lambda entries: _first_weight(entries, path_name="../models/model.json"))
     result = cli("check", str(bundle), "--trust")
     assert result.code == 1 and "not a raw weight_N tensor file" in result.err and _no_traceback(result), result
 
 
 def test_check_refuses_a_pt2_carrying_compiled_code(cli, tiny_bundle, tmp_path):
     bundle = _copy(tiny_bundle, tmp_path)
-    archive = (bundle / "policy.pt2").read_bytes()
-    out = io.BytesIO(archive)
-    with zipfile.ZipFile(out, "a") as z:  # an AOTInductor shared library, which torch.export.load would dlopen
-        prefix = z.namelist()[0].split("/")[0]
-        z.writestr(f"{prefix}/data/aotinductor/model/model.so", b"\x7fELF")
-    (bundle / "policy.pt2").write_bytes(out.getvalue())
-    _rehash(bundle)
+    _add_to_pt2(bundle, "data/aotinductor/model/model.so", b"\x7fELF")  # torch.export.load would dlopen it
     result = cli("check", str(bundle), "--trust")
     assert result.code == 1 and "aotinductor" in result.err and _no_traceback(result)
 
@@ -542,6 +520,68 @@ def test_reexport_replaces_an_earlier_bundle(cli, write_spec, tiny_bundle, tmp_p
     assert cli("check", str(bundle)).code == 0
 
 
+def test_reexport_exchanges_the_bundles_so_the_path_never_lacks_one(
+    cli, write_spec, tiny_bundle, tmp_path, monkeypatch
+):
+    from sfspec.export import staging
+
+    probe = tmp_path / "probe"
+    (probe / "a").mkdir(parents=True)
+    (probe / "b").mkdir()
+    if not staging.exchange(probe / "a", probe / "b"):
+        pytest.skip("this kernel or file system cannot exchange two directories")
+    shutil.rmtree(probe)
+    bundle = _copy(tiny_bundle, tmp_path)
+    seen, exchanged, real_rename, real_exchange = [], [], os.rename, staging.exchange
+
+    def watched_rename(src, dst, *args, **kwargs):  # is there a whole bundle at the path as each rename starts?
+        seen.append((bundle / "policy.json").is_file())
+        return real_rename(src, dst, *args, **kwargs)
+
+    def watched_exchange(a, b):
+        exchanged.append(real_exchange(a, b))
+        seen.append((bundle / "policy.json").is_file())
+        return exchanged[-1]
+
+    monkeypatch.setattr(os, "rename", watched_rename)
+    monkeypatch.setattr(staging, "exchange", watched_exchange)
+    spec = write_spec("env: {id: CartPole-v1}\nmodel: {encoder: [linear: 8, tanh]}\n")
+    assert cli("export", spec, "--out", str(bundle), "--formats", "onnx").code == 0
+    assert exchanged == [True] and seen and all(seen), seen
+    assert sorted(p.name for p in bundle.iterdir()) == ["golden_io.npz", "golden_io.pt", "policy.json", "policy.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "spec.yaml"]  # the earlier bundle is gone
+    assert cli("check", str(bundle)).code == 0
+
+
+def _no_renameat2():
+    return None
+
+
+def _renameat2_refused_by_the_file_system():
+    import ctypes
+
+    def refuse(*args):
+        ctypes.set_errno(errno.EINVAL)  # what a file system without RENAME_EXCHANGE answers
+        return -1
+
+    return refuse
+
+
+@pytest.mark.parametrize("why", [_no_renameat2, _renameat2_refused_by_the_file_system])
+def test_reexport_without_an_atomic_exchange_still_replaces_the_bundle(
+    cli, write_spec, tiny_bundle, tmp_path, monkeypatch, why
+):
+    from sfspec.export import staging
+
+    bundle = _copy(tiny_bundle, tmp_path)
+    monkeypatch.setattr(staging, "_renameat2", why)
+    spec = write_spec("env: {id: CartPole-v1}\nmodel: {encoder: [linear: 8, tanh]}\n")
+    assert cli("export", spec, "--out", str(bundle), "--formats", "onnx").code == 0
+    assert sorted(p.name for p in bundle.iterdir()) == ["golden_io.npz", "golden_io.pt", "policy.json", "policy.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "spec.yaml"]
+    assert cli("check", str(bundle)).code == 0
+
+
 def test_export_refuses_to_replace_a_directory_that_is_not_a_bundle(cli, tiny_run):
     result = cli("export", str(tiny_run), "--out", str(tiny_run))
     assert result.code == 1 and "not a bundle's" in result.err and "checkpoint.pt" in result.err
@@ -618,6 +658,13 @@ GARBAGE = {
     "complex numbers": ("obs", np.zeros(4, dtype=np.complex64), 1, "complex64 values"),
     "shape (2, 2) for (4,)": ("obs", np.zeros((2, 2), np.float32), 1, r"shape \(2, 2\)"),
     "batch (2, 8) for (4, 4)": ("obs", np.zeros((2, 8), np.float32), 4, r"shape \(2, 8\); expected \(4, 4\)"),
+    "an int64 that float32 rounds": (
+        "obs",
+        np.array([2**24 + 1, 0, 0, 0], np.int64),
+        1,
+        r"int64 value 16777217 at index \(0, 0\) is not exactly a float32 \(integers up to 16777216 are\)",
+    ),
+    "a float64 beyond float32": ("obs", np.array([1e39, 0.0, 0.0, 0.0]), 1, "beyond float32's range"),
     "an extra key": ({"obs": np.zeros(4, np.float32), "junk": 1}, None, 1, r"unexpected keys \['junk'\]"),
     "a wrong key": ({"observation": np.zeros(4, np.float32)}, None, 1, "unexpected keys"),
 }
@@ -640,6 +687,15 @@ def test_policy_runner_accepts_exact_observations_and_can_skip_validation(tiny_b
     assert single.act(obs[0]).shape == (1,) and single.act({"obs": obs[:1]}).shape == (1,)
     with pytest.raises(ValueError, match="reset rows"):
         checked.reset([2])
+
+
+def test_policy_runner_takes_int64_observations_for_a_float_input_on_both_backends(tiny_bundle):
+    """Integer readings (encoder ticks) for a float input: cast, as float64 is, when float32 holds them exactly."""
+    ticks = np.array([[3, -1, 0, 2], [2**24, 7, -(2**26), 1]], dtype=np.int64)  # 2**26 is exactly a float32
+    for backend in ("onnx", "torchscript"):
+        runner = PolicyRunner(tiny_bundle, backend, batch=2)
+        np.testing.assert_array_equal(runner.act(ticks), runner.act(ticks.astype(np.float32)))
+        assert PolicyRunner(tiny_bundle, backend).act(np.ones(4, np.int64)).shape == (1,)
 
 
 # ---------------------------------------------------------------- 14.7: file modes follow the umask

@@ -9,7 +9,8 @@ wrong artifact (weights off by 2 %) is orders of magnitude further.
 
 Discrete actions must equal eager's exactly, except at near-ties: where the float64 reference's
 best two choices are closer than float32 noise, either answer is right; such differences are
-reported as near-ties, never hidden, and do not fail the gate. Non-finite outputs always fail.
+reported as near-ties, never hidden, and do not fail the gate. Non-finite outputs always fail, and so
+do non-finite logits behind a discrete action (its margin is NaN).
 """
 
 from __future__ import annotations
@@ -75,15 +76,15 @@ class Reference:
             self.description = f"float32 eager PyTorch (the model does not run in float64: {type(exc).__name__})"
 
     @torch.no_grad()
-    def expect(self, inputs: list[np.ndarray]) -> Expected:
-        """Eager and reference outputs (and decision margins) for one batch."""
+    def expect(self, inputs: list[np.ndarray], inputs64: list[np.ndarray] | None = None) -> Expected:
+        """Eager and reference outputs (and decision margins) for one batch (``inputs64``: the reference's own)."""
         eager, margins32 = self.policy.outputs_and_margins(*_as_tensors(inputs))
         if self.float64 is None:
             return Expected(_numpy(eager), _numpy(eager), _numpy(margins32), _numpy(margins32))
-        exact, margins = self.float64.outputs_and_margins(*_as_tensors(inputs, float64=True))
+        feed = _as_tensors(inputs if inputs64 is None else inputs64, float64=True)
+        exact, margins = self.float64.outputs_and_margins(*feed)
         return Expected(_numpy(eager), _numpy(exact), _numpy(margins), _numpy(margins32))
 
-    @torch.no_grad()
     def closed_loop(self, rollout: list[list[np.ndarray]]) -> list[Expected]:
         """The rollout's observations, eager and reference each fed back their own states."""
         n_obs, n_states, n_actions = _counts(self.policy)
@@ -91,15 +92,10 @@ class Reference:
         out = []
         for row in rollout:
             obs, reset = row[:n_obs], row[-1:]
-            eager, margins32 = self.policy.outputs_and_margins(*_as_tensors(obs + eager_states + reset))
-            eager_states = [s.numpy() for s in eager[n_actions : n_actions + n_states]]
-            if self.float64 is None:
-                out.append(Expected(_numpy(eager), _numpy(eager), _numpy(margins32), _numpy(margins32)))
-                continue
-            feed = _as_tensors(obs + exact_states + reset, float64=True)  # float64 states stay float64
-            exact, margins = self.float64.outputs_and_margins(*feed)
-            exact_states = [s.numpy() for s in exact[n_actions : n_actions + n_states]]
-            out.append(Expected(_numpy(eager), _numpy(exact), _numpy(margins), _numpy(margins32)))
+            expected = self.expect(obs + eager_states + reset, obs + exact_states + reset)  # float64 states stay so
+            eager_states = expected.eager[n_actions : n_actions + n_states]
+            exact_states = expected.exact[n_actions : n_actions + n_states]
+            out.append(expected)
         return out
 
 

@@ -104,13 +104,7 @@ class PolicyRunner:
         if array.shape != (self.batch, *shape):
             alone = f" or {shape}" if self.batch == 1 else ""
             raise ObservationError(f"observation '{name}': shape {array.shape}; expected {(self.batch, *shape)}{alone}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
-            raise ObservationError(f"observation '{name}': non-finite value {array[where]} at index {where}")
-        if array.dtype.kind in "iu" and array.size:
-            info = np.iinfo(want)
-            if array.min() < info.min or array.max() > info.max:
-                raise ObservationError(f"observation '{name}': values outside {want}'s range [{info.min}, {info.max}]")
+        _check_values(name, array, want)
         return array.astype(want, copy=False)
 
     def _check_outputs(self, out: list[np.ndarray]) -> None:
@@ -118,3 +112,30 @@ class PolicyRunner:
             value = np.asarray(value)
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise BundleError(f"{self.bundle}: the policy's output '{name}' is not finite (NaN or inf)")
+
+
+def _check_values(name: str, array: np.ndarray, want: np.dtype) -> None:
+    """ObservationError unless every value becomes exactly itself as ``want`` (integers given for floats included)."""
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            where = tuple(int(i) for i in np.argwhere(~np.isfinite(array))[0])
+            raise ObservationError(f"observation '{name}': non-finite value {array[where]} at index {where}")
+        if want.kind == "f" and np.abs(array).max(initial=0) > np.finfo(want).max:
+            raise ObservationError(f"observation '{name}': values beyond {want}'s range (they would become inf)")
+    elif array.dtype.kind in "iu" and array.size and want.kind in "iu":
+        info = np.iinfo(want)
+        if array.min() < info.min or array.max() > info.max:
+            raise ObservationError(f"observation '{name}': values outside {want}'s range [{info.min}, {info.max}]")
+    elif array.dtype.kind in "iu" and want.kind == "f":
+        _check_exact_floats(name, array, want)
+
+
+def _check_exact_floats(name: str, array: np.ndarray, want: np.dtype) -> None:
+    """Integers for a float input (encoder ticks, say) are taken when ``want`` holds each one exactly."""
+    exact = 2 ** (np.finfo(want).nmant + 1)  # every integer up to this is exactly a float of type ``want``
+    for where in (tuple(int(i) for i in w) for w in np.argwhere(np.abs(array.astype(np.float64)) > exact)):
+        if int(want.type(array[where])) != int(array[where]):
+            raise ObservationError(
+                f"observation '{name}': {array.dtype} value {int(array[where])} at index {where} is not exactly "
+                f"a {want} (integers up to {exact} are); it takes {want}: pass {want} values"
+            )

@@ -1,18 +1,23 @@
 """Where a bundle is built: a hidden directory beside the target, renamed into place only when complete.
 
 A reader sees the earlier bundle or the new one, never a mix, and a failed export (a full disk, a
-parity failure) leaves the earlier bundle as it was. Only an earlier bundle or an empty directory
-is ever replaced.
+parity failure) leaves the earlier bundle as it was. On Linux the two directories are exchanged in
+one step, so the path always holds a whole bundle; where the kernel or file system cannot exchange,
+the earlier bundle is renamed aside just before the new one takes its place, and for that moment
+the path holds nothing. Only an earlier bundle or an empty directory is ever replaced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import functools
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from sfspec.export.errors import ExportError
@@ -72,10 +77,17 @@ def _make_staging(out_dir: Path) -> Path:
 
 
 def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename the finished bundle to ``out_dir``; an earlier bundle there is removed only afterwards."""
+    """Put the finished bundle at ``out_dir``; an earlier bundle there is removed only afterwards.
+
+    Where the kernel can exchange two directories in one step (Linux's ``renameat2`` with
+    ``RENAME_EXCHANGE``), ``out_dir`` is a whole bundle at every moment. Elsewhere the earlier
+    bundle is renamed aside first, so for the moment between the two renames there is none.
+    """
     target = out_dir.absolute()
     if not target.exists():
         os.rename(staging, target)
+    elif exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # the earlier bundle, now at the staging path
     else:
         old = target.parent / f".{target.name}.old-{os.getpid()}-{staging.name[-8:]}"
         os.rename(target, old)
@@ -86,6 +98,37 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
             raise
         shutil.rmtree(old, ignore_errors=True)
     fsync_dir(target.parent)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    """libc's renameat2 (glibc 2.28 and later, Linux only), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically; False where this system or file system cannot (then nothing moved)."""
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False  # an old kernel, or a file system without exchange (EPERM: seccomp filters in containers)
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _write_failure(exc: OSError, out_dir: Path) -> str:
