@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+
 import gymnasium
 import torch
 from gymnasium.vector.utils import batch_space
+
+from sfspec.errors import did_you_mean
 
 Info = dict[str, torch.Tensor]
 StepResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Info]
@@ -38,6 +44,19 @@ class TensorEnv:
     * ``get_state()`` / ``set_state(state, elapsed_steps=None)`` read and overwrite the physical
       state, shape ``(num_envs, state_dim)``, laid out exactly like gymnasium's ``env.unwrapped.state``.
 
+    Physical parameters (domain randomisation)
+    ------------------------------------------
+    * ``parameters`` (class attribute): the names an env exposes and their nominal values. Each
+      environment (row) has its own value of each: ``params[name]``, a ``(num_envs,)`` tensor on the
+      env's device that ``_dynamics`` reads instead of a constant. It is float64 (float32 on MPS), so
+      coefficients combine as gymnasium's Python floats do; cast them with ``_coef`` where they meet
+      the state. At the nominal values the dynamics are exactly those of the constants.
+    * ``set_parameters(values, rows=None)`` writes values into all rows or the chosen ones;
+      ``get_parameters()`` copies them.
+    * ``set_randomization({name: (low, high)})``: from then on, every row whose episode starts (at
+      ``reset`` and at each autoreset) draws each named parameter uniformly in ``[low, high]`` from
+      ``self.generator``, before its initial state is drawn. Rows that do not reset keep theirs.
+
     No host synchronisation happens inside ``step``: no ``.item()``, ``.cpu()`` or Python branches on
     tensor values, so a CUDA stream is never stalled. The flip side is that invalid actions (a
     discrete index out of range, NaNs) are not checked. Randomness comes only from ``self.generator``,
@@ -52,10 +71,10 @@ class TensorEnv:
     As with gymnasium, call ``reset()`` before the first ``step``; until then every environment sits
     in an all-zero placeholder state.
 
-    Subclasses set ``env_id``, ``gym_id``, ``state_dim``, ``default_max_episode_steps`` and the two
-    ``single_*_space`` attributes (before calling ``TensorEnv.__init__``), and implement
-    ``_initial_state``, ``_dynamics`` and ``_observe``; batching, autoreset, the time limit and
-    seeding live here.
+    Subclasses set ``env_id``, ``gym_id``, ``state_dim``, ``default_max_episode_steps``,
+    ``parameters`` and the two ``single_*_space`` attributes (before calling ``TensorEnv.__init__``),
+    and implement ``_initial_state``, ``_dynamics`` and ``_observe``; batching, autoreset, the time
+    limit, seeding and the parameters' storage and draws live here.
     """
 
     #: Registry id of the environment and the gymnasium id whose dynamics it reproduces.
@@ -65,6 +84,8 @@ class TensorEnv:
     state_dim: int = 0
     #: Time limit used when ``max_episode_steps`` is not given (gymnasium's default for ``gym_id``).
     default_max_episode_steps: int = 0
+    #: Physical parameters exposed to domain randomisation, with their nominal values (read-only).
+    parameters: Mapping[str, float] = MappingProxyType({})
 
     single_observation_space: gymnasium.spaces.Space
     single_action_space: gymnasium.spaces.Space
@@ -94,6 +115,13 @@ class TensorEnv:
         # A placeholder until reset(): drawing here would shift the stream that reset() sees, so
         # `make(seed=s).reset()` and `make().reset(seed=s)` agree.
         self.state = torch.zeros(self.num_envs, self.state_dim, dtype=dtype, device=self.device)
+        # float64 (MPS has none) so that coefficients combine exactly as gymnasium's Python floats do.
+        self.param_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.params: dict[str, torch.Tensor] = {
+            name: torch.full((self.num_envs,), float(value), dtype=self.param_dtype, device=self.device)
+            for name, value in self.parameters.items()
+        }
+        self.randomization: dict[str, tuple[float, float]] = {}
 
     # ----------------------------------------------------------------------------- public API
 
@@ -111,6 +139,7 @@ class TensorEnv:
         """Start a new episode in every environment; returns ``(obs, {})``."""
         if seed is not None:
             self._seed_generator(seed)
+        self._draw_parameters(None)
         self.state.copy_(self._initial_state())
         self.elapsed_steps.zero_()
         return self._observe(self.state), {}
@@ -123,7 +152,8 @@ class TensorEnv:
         truncated = steps >= self.max_episode_steps
         done = terminated | truncated
         # Sampling for every env and selecting with `where` avoids a data-dependent (syncing) index.
-        # State and counters are updated in place so that a captured CUDA graph of `step` replays.
+        # State, parameters and counters are updated in place so that a captured CUDA graph of `step` replays.
+        self._draw_parameters(done)
         self.state.copy_(torch.where(done.unsqueeze(-1), self._initial_state(), next_state))
         self.elapsed_steps.copy_(steps.masked_fill_(done, 0))
         return self._observe(self.state), reward, terminated, truncated, {"final_obs": final_obs}
@@ -147,6 +177,42 @@ class TensorEnv:
         if elapsed_steps is not None:
             steps = torch.as_tensor(elapsed_steps, dtype=torch.int32, device=self.device)
             self.elapsed_steps.copy_(steps.expand(self.num_envs))
+
+    def get_parameters(self) -> dict[str, torch.Tensor]:
+        """A copy of every row's physical parameters: name -> ``(num_envs,)`` tensor."""
+        return {name: value.clone() for name, value in self.params.items()}
+
+    def set_parameters(self, values: Mapping[str, float | torch.Tensor], rows: torch.Tensor | None = None) -> None:
+        """Overwrite parameters in every row, or in ``rows`` only (no host synchronisation).
+
+        ``rows``: ``None`` (all), a ``(num_envs,)`` bool mask, or a tensor of row indices. A value is
+        a number, or a tensor with one value per row (``(num_envs,)`` for a mask, one per index).
+        """
+        self._check_names(values)
+        for name, value in values.items():
+            current = self.params[name]
+            value = torch.as_tensor(value, dtype=self.param_dtype, device=self.device)
+            if rows is None:
+                current.copy_(value.expand(self.num_envs))
+            elif rows.dtype == torch.bool:
+                current.copy_(torch.where(rows.to(self.device), value.expand(self.num_envs), current))
+            else:
+                index = rows.to(self.device).long().reshape(-1)
+                current.index_copy_(0, index, value.expand(index.shape[0]))
+
+    def set_randomization(self, ranges: Mapping[str, Sequence[float]]) -> None:
+        """Draw each named parameter uniformly in its ``(low, high)`` at every episode start from now on.
+
+        An empty mapping stops the draws (the rows keep their current values).
+        """
+        self._check_names(ranges)
+        checked = {}
+        for name, bounds in ranges.items():
+            low, high = (float(b) for b in bounds)
+            if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+                raise ValueError(f"{name}: expected a finite range [low, high] with low <= high, got {list(bounds)}")
+            checked[name] = (low, high)
+        self.randomization = checked
 
     def close(self) -> None:
         """Release resources (nothing to release for the bundled simulators)."""
@@ -181,6 +247,27 @@ class TensorEnv:
             self.generator.seed()  # non-deterministic, like gymnasium's reset(seed=None)
         else:
             self.generator.manual_seed(int(seed))
+
+    def _check_names(self, names: Mapping[str, object]) -> None:
+        for name in names:
+            if name not in self.params:
+                known = ", ".join(self.params) or "none"
+                raise KeyError(
+                    f"{self.env_id or type(self).__name__} has no parameter '{name}'"
+                    f"{did_you_mean(name, self.params)}; its parameters: {known}"
+                )
+
+    def _draw_parameters(self, rows: torch.Tensor | None) -> None:
+        """Fresh draws of the randomised parameters for every row (``None``) or where ``rows`` is true."""
+        for name, (low, high) in self.randomization.items():
+            fresh = torch.empty(self.num_envs, dtype=self.param_dtype, device=self.device)
+            fresh.uniform_(low, high, generator=self.generator)
+            current = self.params[name]
+            current.copy_(fresh if rows is None else torch.where(rows, fresh, current))
+
+    def _coef(self, value: torch.Tensor) -> torch.Tensor:
+        """A per-row coefficient in the state's dtype, rounded as a Python float meeting the state would be."""
+        return value.to(self.dtype)
 
     def _coerce_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Actions as a tensor on our device: long indices (Discrete) or ``dtype`` values (Box)."""

@@ -1,16 +1,17 @@
-"""Every tensor environment sfspec knows, in one torch-free table: ids, spaces and where each class lives.
+"""Every tensor environment sfspec knows, in one torch-free table: ids, spaces, parameters, where each class is.
 
-Validation reads the spaces from here without importing torch; ``make_env`` reads the class from
-here. Bundled environments are listed below; plugins add theirs with ``register_tensor_env``
-(sfspec.envs), which records the class itself.
+Validation reads the spaces and the randomisable parameters from here without importing torch;
+``make_env`` reads the class from here. Bundled environments are listed below; plugins add theirs
+with ``register_tensor_env`` (sfspec.envs), which records the class itself.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,38 @@ def reach_spaces() -> Spaces:
     return obs, spaces.Box(-1.0, 1.0, (2,), np.float32)
 
 
+def _frozen(values: dict[str, float]) -> Mapping[str, float]:
+    return MappingProxyType(values)
+
+
+#: The physical parameters each bundled env exposes to ``env.randomize``, with their nominal values
+#: (gymnasium's constants for the classic-control twins). The classes read theirs from here.
+PARAMETERS: Mapping[str, Mapping[str, float]] = MappingProxyType(
+    {
+        "sfspec/CartPole-v1": _frozen(
+            # pole_half_length is gymnasium's `length` ("actually half the pole's length")
+            {"gravity": 9.8, "cart_mass": 1.0, "pole_mass": 0.1, "pole_half_length": 0.5, "force": 10.0}
+        ),
+        "sfspec/Pendulum-v1": _frozen({"gravity": 10.0, "mass": 1.0, "length": 1.0}),
+        "sfspec/Acrobot-v1": _frozen(
+            {
+                "gravity": 9.8,
+                "link_length_1": 1.0,  # link 2's length only matters for drawing
+                "link_mass_1": 1.0,
+                "link_mass_2": 1.0,
+                "link_com_1": 0.5,  # where each link's centre of mass is, from its joint
+                "link_com_2": 0.5,
+                "link_moi": 1.0,  # both links' moment of inertia
+            }
+        ),
+        # gymnasium's 0.0015 (the engine) and 0.0025 (the hill's pull)
+        "sfspec/MountainCarContinuous-v0": _frozen({"power": 0.0015, "gravity": 0.0025}),
+        "sfspec/Reach-v0": _frozen({"link_length": 0.5, "gain": 10.0, "damping": 1.0}),
+    }
+)
+NO_PARAMETERS: Mapping[str, float] = _frozen({})
+
+
 @dataclass(frozen=True)
 class EnvEntry:
     """One tensor environment: where its class is, and how to know its spaces without building it."""
@@ -52,6 +85,8 @@ class EnvEntry:
     cls: type | None = None  # a plugin's class, registered directly
     spaces: Callable[..., Spaces] | None = None  # torch-free spaces from the env's kwargs
     twin: str | None = None  # the gymnasium id whose dynamics (and spaces) it reproduces
+    # a bundled env's randomisable parameters, with their nominal values
+    parameters: Mapping[str, float] = field(default_factory=lambda: NO_PARAMETERS)
 
 
 def _bundled() -> dict[str, EnvEntry]:
@@ -66,8 +101,11 @@ def _bundled() -> dict[str, EnvEntry]:
         ("sfspec/PixelGoal-v0", "PixelGoalEnv", pixel_spaces),
         ("sfspec/Reach-v0", "ReachEnv", reach_spaces),
     ]
-    entries = [EnvEntry(i, f"sfspec.envs.classic:{c}", twin=t) for i, c, t in classic]
-    entries += [EnvEntry(i, f"sfspec.envs.tasks:{c}", spaces=s) for i, c, s in tasks]
+    def params(env_id: str) -> Mapping[str, float]:
+        return PARAMETERS.get(env_id, NO_PARAMETERS)
+
+    entries = [EnvEntry(i, f"sfspec.envs.classic:{c}", twin=t, parameters=params(i)) for i, c, t in classic]
+    entries += [EnvEntry(i, f"sfspec.envs.tasks:{c}", spaces=s, parameters=params(i)) for i, c, s in tasks]
     return {e.env_id: e for e in entries}
 
 
@@ -93,6 +131,14 @@ def entry(env_id: str) -> EnvEntry:
 def gymnasium_twins() -> dict[str, str]:
     """Bundled tensor env id -> the gymnasium id it reproduces."""
     return {e.env_id: e.twin for e in _CATALOGUE.values() if e.twin}
+
+
+def env_parameters(env_id: str) -> dict[str, float]:
+    """The parameters ``env.randomize`` may draw for ``env_id``, with nominal values (bundled: without torch)."""
+    found = _CATALOGUE[env_id]
+    if found.cls is not None:  # a plugin's class declares its own
+        return dict(getattr(found.cls, "parameters", {}))
+    return dict(found.parameters)
 
 
 def add(env_entry: EnvEntry) -> None:

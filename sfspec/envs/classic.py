@@ -15,6 +15,7 @@ import torch
 from gymnasium import spaces
 
 from sfspec.envs.base import TensorEnv
+from sfspec.envs.catalogue import PARAMETERS
 
 
 def _f32(value: float) -> float:
@@ -30,11 +31,7 @@ class CartPoleEnv(TensorEnv):
     state_dim = 4  # x, x_dot, theta, theta_dot
     default_max_episode_steps = 500
 
-    gravity = 9.8
-    masscart = 1.0
-    masspole = 0.1
-    length = 0.5  # actually half the pole's length
-    force_mag = 10.0
+    parameters = PARAMETERS[env_id]  # gravity, cart_mass, pole_mass, pole_half_length, force
     tau = 0.02  # seconds between state updates
     kinematics_integrator = "euler"
     theta_threshold_radians = 12 * 2 * math.pi / 360
@@ -50,8 +47,6 @@ class CartPoleEnv(TensorEnv):
         sutton_barto_reward: bool = False,
     ) -> None:
         self.sutton_barto_reward = sutton_barto_reward
-        self.total_mass = self.masspole + self.masscart
-        self.polemass_length = self.masspole * self.length
         high = np.array(
             [self.x_threshold * 2, np.inf, self.theta_threshold_radians * 2, np.inf],
             dtype=np.float32,
@@ -59,8 +54,6 @@ class CartPoleEnv(TensorEnv):
         self.single_action_space = spaces.Discrete(2)
         self.single_observation_space = spaces.Box(-high, high, dtype=np.float32)
         super().__init__(num_envs, device, dtype, seed, max_episode_steps)
-        # Indexed by the action: 0 pushes left, 1 pushes right.
-        self._force = torch.tensor([-self.force_mag, self.force_mag], dtype=dtype, device=self.device)
 
     def _initial_state(self) -> torch.Tensor:
         return self._uniform(-0.05, 0.05, 4)
@@ -69,15 +62,20 @@ class CartPoleEnv(TensorEnv):
         return state.clone()
 
     def _dynamics(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        p, c = self.params, self._coef
+        # gymnasium's derived constants, per row, combined in float64 like its Python floats.
+        masspole, total_mass = p["pole_mass"], p["pole_mass"] + p["cart_mass"]
+        length, polemass_length = p["pole_half_length"], p["pole_mass"] * p["pole_half_length"]
         x, x_dot, theta, theta_dot = state.unbind(-1)
-        force = self._force.index_select(0, actions)
+        force_mag = c(p["force"])
+        force = torch.where(actions == 1, force_mag, -force_mag)  # 0 pushes left, 1 pushes right
         costheta = torch.cos(theta)
         sintheta = torch.sin(theta)
-        temp = (force + self.polemass_length * theta_dot.square() * sintheta) / self.total_mass
-        thetaacc = (self.gravity * sintheta - costheta * temp) / (
-            self.length * (4.0 / 3.0 - self.masspole * costheta.square() / self.total_mass)
+        temp = (force + c(polemass_length) * theta_dot.square() * sintheta) / c(total_mass)
+        thetaacc = (c(p["gravity"]) * sintheta - costheta * temp) / (
+            c(length) * (4.0 / 3.0 - c(masspole) * costheta.square() / c(total_mass))
         )
-        xacc = temp - self.polemass_length * thetaacc * costheta / self.total_mass
+        xacc = temp - c(polemass_length) * thetaacc * costheta / c(total_mass)
         if self.kinematics_integrator == "euler":
             x = x + self.tau * x_dot
             x_dot = x_dot + self.tau * xacc
@@ -105,11 +103,10 @@ class PendulumEnv(TensorEnv):
     state_dim = 2  # theta (not normalised), theta_dot
     default_max_episode_steps = 200
 
+    parameters = PARAMETERS[env_id]  # gravity (gymnasium's `g`), mass (`m`), length (`l`)
     max_speed = 8
     max_torque = 2.0
     dt = 0.05
-    m = 1.0  # mass
-    length = 1.0  # gymnasium's `l`
 
     def __init__(
         self,
@@ -118,9 +115,8 @@ class PendulumEnv(TensorEnv):
         dtype: torch.dtype = torch.float32,
         seed: int | None = None,
         max_episode_steps: int | None = None,
-        g: float = 10.0,
+        g: float | None = None,
     ) -> None:
-        self.g = g
         high = np.array([1.0, 1.0, self.max_speed], dtype=np.float32)
         self.single_action_space = spaces.Box(
             low=-self.max_torque,
@@ -130,6 +126,8 @@ class PendulumEnv(TensorEnv):
         )
         self.single_observation_space = spaces.Box(low=-high, high=high, dtype=np.float32)
         super().__init__(num_envs, device, dtype, seed, max_episode_steps)
+        if g is not None:  # gymnasium's keyword: this env's own nominal gravity
+            self.set_parameters({"gravity": g})
 
     def _initial_state(self) -> torch.Tensor:
         # theta ~ U(-pi, pi), theta_dot ~ U(-1, 1): gymnasium's DEFAULT_X / DEFAULT_Y.
@@ -143,13 +141,14 @@ class PendulumEnv(TensorEnv):
 
     def _dynamics(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         th, thdot = state.unbind(-1)
-        g, m, length, dt = self.g, self.m, self.length, self.dt
+        p, c, dt = self.params, self._coef, self.dt
+        g, m, length = p["gravity"], p["mass"], p["length"]
         u = actions[:, 0].clamp(-self.max_torque, self.max_torque)
         costs = _angle_normalize(th).square() + 0.1 * thdot.square() + 0.001 * u.square()
         # numpy multiplies the float32 action by a Python float in float32 (NEP 50); rounding the
         # product likewise keeps a float64 env on gymnasium's trajectory near the unstable top.
-        torque_term = self._round_f32(3.0 / (m * length**2) * u)
-        newthdot = thdot + (3 * g / (2 * length) * torch.sin(th) + torque_term) * dt
+        torque_term = self._round_f32(c(3.0 / (m * length**2)) * u)
+        newthdot = thdot + (c(3 * g / (2 * length)) * torch.sin(th) + torque_term) * dt
         newthdot = newthdot.clamp(-self.max_speed, self.max_speed)
         newth = th + newthdot * dt
         terminated = torch.zeros_like(th, dtype=torch.bool)
@@ -169,14 +168,10 @@ class AcrobotEnv(TensorEnv):
     state_dim = 4  # theta1, theta2, dtheta1, dtheta2
     default_max_episode_steps = 500
 
+    # gravity, link_length_1, link_mass_1, link_mass_2, link_com_1, link_com_2 (gymnasium's
+    # LINK_COM_POS_*), link_moi (LINK_MOI, both links)
+    parameters = PARAMETERS[env_id]
     dt = 0.2
-    LINK_LENGTH_1 = 1.0  # [m]
-    LINK_LENGTH_2 = 1.0  # [m]
-    LINK_MASS_1 = 1.0  # [kg]
-    LINK_MASS_2 = 1.0  # [kg]
-    LINK_COM_POS_1 = 0.5  # [m] position of the center of mass of link 1
-    LINK_COM_POS_2 = 0.5  # [m] position of the center of mass of link 2
-    LINK_MOI = 1.0  # moments of inertia for both links
     MAX_VEL_1 = 4 * math.pi
     MAX_VEL_2 = 9 * math.pi
     AVAIL_TORQUE = (-1.0, 0.0, +1)
@@ -208,13 +203,14 @@ class AcrobotEnv(TensorEnv):
 
     def _dynamics(self, state: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, ...]:
         torque = self._torque.index_select(0, actions)
+        coefs = self._coefficients()
         # gymnasium's rk4 over t = [0, dt]; the torque is constant (its derivative is 0).
         dt = self.dt
         dt2 = dt / 2.0
-        k1 = self._dsdt(state, torque)
-        k2 = self._dsdt(state + dt2 * k1, torque)
-        k3 = self._dsdt(state + dt2 * k2, torque)
-        k4 = self._dsdt(state + dt * k3, torque)
+        k1 = self._dsdt(state, torque, coefs)
+        k2 = self._dsdt(state + dt2 * k1, torque, coefs)
+        k3 = self._dsdt(state + dt2 * k2, torque, coefs)
+        k4 = self._dsdt(state + dt * k3, torque, coefs)
         ns = state + dt / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
         angles = _wrap(ns[:, :2], -math.pi, math.pi)
         velocities = torch.clamp(ns[:, 2:], self._vel_low, self._vel_high)
@@ -224,35 +220,51 @@ class AcrobotEnv(TensorEnv):
         reward = terminated.to(self.dtype) - 1.0  # -1 per step, 0 on reaching the goal
         return ns, reward, terminated
 
-    def _dsdt(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """Time derivative of the state (gymnasium's ``_dsdt`` without the torque column)."""
-        m1 = self.LINK_MASS_1
-        m2 = self.LINK_MASS_2
-        l1 = self.LINK_LENGTH_1
-        lc1 = self.LINK_COM_POS_1
-        lc2 = self.LINK_COM_POS_2
-        i1 = self.LINK_MOI  # gymnasium's I1, I2
-        i2 = self.LINK_MOI
-        g = 9.8
+    def _coefficients(self) -> dict[str, torch.Tensor]:
+        """The products of parameters in gymnasium's ``_dsdt``, per row, as its Python floats round them."""
+        p, c = self.params, self._coef
+        m1, m2, l1 = p["link_mass_1"], p["link_mass_2"], p["link_length_1"]
+        lc1, lc2, i, g = p["link_com_1"], p["link_com_2"], p["link_moi"], p["gravity"]
+        return {
+            "m1_lc1_2": c(m1 * lc1**2),
+            "l1_2_lc2_2": c(l1**2 + lc2**2),
+            "2_l1_lc2": c(2 * l1 * lc2),
+            "m2": c(m2),
+            "i": c(i),
+            "lc2_2": c(lc2**2),
+            "l1_lc2": c(l1 * lc2),
+            "m2_lc2_g": c(m2 * lc2 * g),
+            "m2_l1_lc2": c(m2 * l1 * lc2),
+            "2_m2_l1_lc2": c(2 * m2 * l1 * lc2),
+            "m1_lc1_m2_l1_g": c((m1 * lc1 + m2 * l1) * g),
+            "m2_lc2_2_i": c(m2 * lc2**2 + i),
+        }
+
+    def _dsdt(self, s: torch.Tensor, a: torch.Tensor, k: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Time derivative of the state (gymnasium's ``_dsdt`` without the torque column).
+
+        ``k`` holds gymnasium's products of constants (``_coefficients``); the tensor operations
+        keep its order, so the nominal parameters give its arithmetic exactly.
+        """
         pi = math.pi
         theta1, theta2, dtheta1, dtheta2 = s.unbind(-1)
         cos2, sin2 = torch.cos(theta2), torch.sin(theta2)
-        d1 = m1 * lc1**2 + m2 * (l1**2 + lc2**2 + 2 * l1 * lc2 * cos2) + i1 + i2
-        d2 = m2 * (lc2**2 + l1 * lc2 * cos2) + i2
-        phi2 = m2 * lc2 * g * torch.cos(theta1 + theta2 - pi / 2.0)
+        d1 = k["m1_lc1_2"] + k["m2"] * (k["l1_2_lc2_2"] + k["2_l1_lc2"] * cos2) + k["i"] + k["i"]
+        d2 = k["m2"] * (k["lc2_2"] + k["l1_lc2"] * cos2) + k["i"]
+        phi2 = k["m2_lc2_g"] * torch.cos(theta1 + theta2 - pi / 2.0)
         phi1 = (
-            -m2 * l1 * lc2 * dtheta2**2 * sin2
-            - 2 * m2 * l1 * lc2 * dtheta2 * dtheta1 * sin2
-            + (m1 * lc1 + m2 * l1) * g * torch.cos(theta1 - pi / 2)
+            -k["m2_l1_lc2"] * dtheta2**2 * sin2
+            - k["2_m2_l1_lc2"] * dtheta2 * dtheta1 * sin2
+            + k["m1_lc1_m2_l1_g"] * torch.cos(theta1 - pi / 2)
             + phi2
         )
         if self.book_or_nips == "nips":
             # consistent with the description in the paper
-            ddtheta2 = (a + d2 / d1 * phi1 - phi2) / (m2 * lc2**2 + i2 - d2**2 / d1)
+            ddtheta2 = (a + d2 / d1 * phi1 - phi2) / (k["m2_lc2_2_i"] - d2**2 / d1)
         else:
             # consistent with the java implementation and the book
-            numerator = a + d2 / d1 * phi1 - m2 * l1 * lc2 * dtheta1**2 * sin2 - phi2
-            ddtheta2 = numerator / (m2 * lc2**2 + i2 - d2**2 / d1)
+            numerator = a + d2 / d1 * phi1 - k["m2_l1_lc2"] * dtheta1**2 * sin2 - phi2
+            ddtheta2 = numerator / (k["m2_lc2_2_i"] - d2**2 / d1)
         ddtheta1 = -(d2 * ddtheta2 + phi1) / d1
         return torch.stack((dtheta1, dtheta2, ddtheta1, ddtheta2), dim=-1)
 
@@ -279,7 +291,7 @@ class MountainCarContinuousEnv(TensorEnv):
     max_position = 0.6
     max_speed = 0.07
     goal_position = 0.45
-    power = 0.0015
+    parameters = PARAMETERS[env_id]  # power (the engine), gravity (the hill's pull)
 
     def __init__(
         self,
@@ -316,7 +328,8 @@ class MountainCarContinuousEnv(TensorEnv):
         force = action.clamp(self.min_action, self.max_action)
         # gymnasium keeps this env's state in float32 (and numpy then computes in float32), so
         # wider dtypes round to float32 at the same points to stay on gymnasium's trajectory.
-        velocity = self._round_f32(velocity + (force * self.power - 0.0025 * torch.cos(3 * position)))
+        power, gravity = self._coef(self.params["power"]), self._coef(self.params["gravity"])
+        velocity = self._round_f32(velocity + (force * power - gravity * torch.cos(3 * position)))
         # numpy compares a float32 with a Python float in float32, hence the rounded bounds.
         max_speed = _f32(self.max_speed)
         velocity = velocity.clamp(-max_speed, max_speed)

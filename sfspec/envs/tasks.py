@@ -7,7 +7,7 @@ import math
 import torch
 
 from sfspec.envs.base import TensorEnv
-from sfspec.envs.catalogue import memory_spaces, pixel_spaces, reach_spaces
+from sfspec.envs.catalogue import PARAMETERS, memory_spaces, pixel_spaces, reach_spaces
 
 
 class MemoryEnv(TensorEnv):
@@ -109,7 +109,8 @@ class ReachEnv(TensorEnv):
     env_id = "sfspec/Reach-v0"
     state_dim = 8  # q1, q2, dq1, dq2, target x, y, camera bias x, y
     default_max_episode_steps = 100
-    DT, LINK, GAIN, DAMPING, BIAS_STD = 0.05, 0.5, 10.0, 1.0, 0.05
+    parameters = PARAMETERS[env_id]  # link_length (both links), gain (torque per action), damping
+    DT, BIAS_STD = 0.05, 0.05
 
     def __init__(self, num_envs: int, device="cpu", dtype=torch.float32, seed=None, max_episode_steps=None):
         self.single_observation_space, self.single_action_space = reach_spaces()
@@ -126,17 +127,21 @@ class ReachEnv(TensorEnv):
 
     def _fingertip(self, q: torch.Tensor) -> torch.Tensor:
         a, b = q[:, 0], q[:, 0] + q[:, 1]
-        return self.LINK * torch.stack([torch.cos(a) + torch.cos(b), torch.sin(a) + torch.sin(b)], dim=1)
+        return self._row("link_length") * torch.stack([torch.cos(a) + torch.cos(b), torch.sin(a) + torch.sin(b)], dim=1)
 
     def _dynamics(self, state: torch.Tensor, actions: torch.Tensor):
         torque = actions.clamp(-1.0, 1.0)
         q, dq = state[:, :2], state[:, 2:4]
-        dq = dq + self.DT * (self.GAIN * torque - self.DAMPING * dq)
+        dq = dq + self.DT * (self._row("gain") * torque - self._row("damping") * dq)
         q = torch.remainder(q + self.DT * dq + math.pi, 2 * math.pi) - math.pi
         distance = (self._fingertip(q) - state[:, 4:6]).norm(dim=1)
         reward = -distance - 0.01 * (torque * torque).sum(dim=1)
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         return torch.cat([q, dq, state[:, 4:]], dim=1), reward, terminated
+
+    def _row(self, name: str) -> torch.Tensor:
+        """Parameter ``name`` as a ``(num_envs, 1)`` column in the state's dtype."""
+        return self._coef(self.params[name]).unsqueeze(1)
 
     def _observe(self, state: torch.Tensor) -> dict[str, torch.Tensor]:
         q = state[:, :2]

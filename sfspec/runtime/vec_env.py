@@ -128,12 +128,15 @@ class TensorEnvAdapter(_Adapter):
             "state": self.env.get_state(),
             "elapsed_steps": self.env.elapsed_steps.clone(),
             "generator": self.env.generator.get_state(),
+            "parameters": self.env.get_parameters(),  # each row's physics, drawn by env.randomize
         }
 
     def restore(self, snapshot: dict) -> ObsDict:
         """Continue from a snapshot; returns the current observations."""
         self.env.set_state(snapshot["state"].to(self.device), snapshot["elapsed_steps"].to(self.device))
         self.env.generator.set_state(snapshot["generator"])
+        parameters = snapshot.get("parameters") or {}  # absent from checkpoints older than env.randomize
+        self.env.set_parameters({name: value.to(self.device) for name, value in parameters.items()})
         return flatten_obs(self.env._observe(self.env.state), self.keys)
 
 
@@ -226,7 +229,9 @@ def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter
     if catalogue.is_tensor_env(env_id):  # bundled or registered by a plugin, whatever its namespace
         from sfspec.envs.factory import make_tensor_env
 
-        return TensorEnvAdapter(make_tensor_env(env_id, num_envs, device=device, seed=seed, **kwargs), env_id, device)
+        env = make_tensor_env(env_id, num_envs, device=device, seed=seed, **kwargs)
+        env.set_randomization(cfg.randomize)  # drawn per row at every episode start, from reset() on
+        return TensorEnvAdapter(env, env_id, device)
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 

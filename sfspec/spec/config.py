@@ -13,6 +13,20 @@ ENV_PARAMS: dict[str, dict] = {
     "num_envs": {"type": "integer", "minimum": 1, "default": 8, "description": "environments stepped together"},
     "kwargs": {"type": "object", "description": "passed to the environment's constructor (gymnasium.make)"},
     "vectorization": {"enum": ["auto", "sync", "async", "vector_entry_point"], "default": "auto"},
+    "randomize": {
+        "type": "object",
+        "description": (
+            "tensor envs: physical parameters drawn per episode, uniformly in [low, high] "
+            "(the names an env exposes: docs/runtime.md)"
+        ),
+        "additionalProperties": {
+            "type": "array",
+            "items": {"type": "number"},
+            "minItems": 2,
+            "maxItems": 2,
+            "description": "[low, high]",
+        },
+    },
 }
 
 
@@ -24,6 +38,7 @@ class EnvConfig:
     num_envs: int
     vectorization: str
     kwargs: dict = field(default_factory=dict)
+    randomize: dict[str, tuple[float, float]] = field(default_factory=dict)  # parameter -> (low, high)
 
     @classmethod
     def from_spec(cls, env: dict) -> EnvConfig:
@@ -33,4 +48,5 @@ class EnvConfig:
             num_envs=int(env.get("num_envs", ENV_PARAMS["num_envs"]["default"])),
             vectorization=env.get("vectorization", ENV_PARAMS["vectorization"]["default"]),
             kwargs=dict(env.get("kwargs") or {}),
+            randomize={name: (float(low), float(high)) for name, (low, high) in (env.get("randomize") or {}).items()},
         )

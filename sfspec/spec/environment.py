@@ -1,4 +1,4 @@
-"""The environment a spec names: its observation and action spaces.
+"""The environment a spec names: its observation and action spaces, and the parameters it may randomise.
 
 A spec is data: an id of the form ``module:Env-v0`` makes gymnasium import ``module``, so sfspec
 only accepts it when that module was loaded as a plugin (``--plugin module`` or an entry point).
@@ -6,6 +6,7 @@ only accepts it when that module was loaded as a plugin (``--plugin module`` or 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sfspec.envs import catalogue
@@ -20,6 +21,7 @@ def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
     env_id = env_cfg["id"]
     path = ("env", "id")
     if catalogue.is_tensor_env(env_id):  # bundled, or registered by a plugin whatever its namespace
+        check_randomize(env_cfg, smap)
         return _guard(lambda: catalogue.env_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
     if env_id.startswith(TENSOR_ENV_PREFIX):
         known = catalogue.tensor_env_ids()
@@ -30,9 +32,47 @@ def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
 
     env = _guard(lambda: gym.make(env_id, **env_cfg.get("kwargs", {})), env_id, smap)
     try:
-        return env.observation_space, env.action_space
+        spaces = env.observation_space, env.action_space
     finally:
         env.close()
+    check_randomize(env_cfg, smap)  # after the id is known to exist, so a misspelt id is named first
+    return spaces
+
+
+def check_randomize(env_cfg: dict, smap: SourceMap) -> None:
+    """``env.randomize``: a tensor env's own parameters, each with a finite ``[low, high]``, low <= high."""
+    ranges = env_cfg.get("randomize") or {}
+    env_id, path = env_cfg["id"], ("env", "randomize")
+    if not ranges:
+        return
+    if not catalogue.is_tensor_env(env_id):
+        message = (
+            f"only tensor environments (sfspec/..., or registered with register_tensor_env) can randomise "
+            f"their parameters; '{env_id}' is a gymnasium environment"
+        )
+        twins = [tensor_id for tensor_id, gym_id in catalogue.gymnasium_twins().items() if gym_id == env_id]
+        message += f" (its tensor twin '{twins[0]}' can)" if twins else ""
+        raise SpecError(SpecIssue(smap.locate(path, key=True), path, message))
+    nominal = catalogue.env_parameters(env_id)
+    issues = [issue for name, bounds in ranges.items() for issue in _range_issues(env_id, nominal, name, bounds, smap)]
+    if issues:
+        raise SpecError(issues)
+
+
+def _range_issues(env_id: str, nominal: dict[str, float], name: str, bounds: list, smap: SourceMap) -> list[SpecIssue]:
+    """What is wrong with one ``env.randomize`` entry (nothing when it is a known parameter's sound range)."""
+    path = ("env", "randomize", name)
+    if name not in nominal:
+        known = ", ".join(f"{k} (nominal {v:g})" for k, v in nominal.items()) or "it exposes none"
+        message = f"'{env_id}' has no parameter '{name}'{did_you_mean(name, nominal)}; its parameters: {known}"
+        return [SpecIssue(smap.locate(path, key=True), path, message)]
+    low, high = bounds
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return [SpecIssue(smap.locate(path), path, f"expected finite numbers [low, high], got {bounds}")]
+    if low > high:
+        message = f"reversed range {bounds}: low must not exceed high (did you mean [{high}, {low}]?)"
+        return [SpecIssue(smap.locate(path), path, message)]
+    return []
 
 
 def check_env_module(env_id: str, smap: SourceMap) -> None:
