@@ -253,6 +253,23 @@ def test_rollout_with_randomisation_makes_no_host_synchronisation(monkeypatch) -
     assert bool(((env.env.params["force"] >= 8) & (env.env.params["force"] <= 12)).all())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.filterwarnings("ignore:Synchronization debug mode is a prototype")
+@pytest.mark.parametrize("env_id", RANDOMISED)
+def test_randomised_steps_do_not_synchronise_on_cuda(env_id: str) -> None:
+    env = make_tensor_env(env_id, 256, device="cuda", seed=0, max_episode_steps=5)
+    env.set_randomization(_ranges(env_id))
+    actions = _actions(env, torch.Generator().manual_seed(0)).to("cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # catches .item(), device-to-host copies and the like
+    try:
+        env.reset()
+        for _ in range(20):  # every row's episode ends (and draws) four times
+            env.step(actions)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
 # ---------------------------------------------------------------------------- through the CLI
 
 BATCH = 8 * 8  # num_envs * rollout
