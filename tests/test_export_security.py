@@ -314,6 +314,19 @@ def test_check_and_runner_refuse_a_discrete_onnx_with_nan_weights(cli, tiny_bund
         PolicyRunner(bundle)
 
 
+def test_check_refuses_a_pt2_with_nan_weights_even_with_trust(cli, tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+
+    def nan_weight(entries: list) -> list:  # the first layer's weights, same size, every value NaN
+        nan = {n: np.full(len(d) // 4, np.nan, "<f4").tobytes() for n, d in entries if n.endswith("/weight_0")}
+        return [(n, nan.get(n, d)) for n, d in entries]
+
+    _rewrite_pt2(bundle, nan_weight)
+    result = cli("check", str(bundle), "--trust")
+    assert result.code == 1 and "policy.pt2: its weight 'weight_0' holds NaN values" in result.err, result
+    assert _no_traceback(result)
+
+
 def test_policy_runner_refuses_nan_observations_on_both_backends(tiny_bundle):
     """Unvalidated, onnxruntime and TorchScript disagree on NaN (a GRU's state came back 0 vs NaN): refuse it."""
     nan = np.array([np.nan, 0.0, 0.0, 0.0], dtype=np.float32)
