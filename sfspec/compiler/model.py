@@ -247,8 +247,8 @@ class ActorCritic(nn.Module):
     ``state_size`` is the width of the recurrent state (0 for a feed-forward model).
 
     The public contract beside the runtime's entry points (``act``, ``evaluate``, ``values``,
-    ``deterministic_actions``): ``state_slots``, ``policy_step``, ``action_mask`` and
-    ``summary_rows``. Export and summaries read a model through these only; the defaults here
+    ``deterministic_actions``): ``observed_inputs``, ``state_slots``, ``policy_step``, ``action_mask``
+    and ``summary_rows``. Export and summaries read a model through these only; the defaults here
     work for any Sample Factory-shaped ``forward`` and its flat state.
     """
 
@@ -290,6 +290,13 @@ class ActorCritic(nn.Module):
         mask = obs[self.mask_key]
         return mask.reshape(mask.shape[0], -1).to(torch.float32)
 
+    def observed_inputs(self, with_value: bool) -> list[str]:
+        """The inputs one ``policy_step`` reads, in ``inputs`` order: the actor's (and the critic's ``with_value``).
+
+        The action mask counts as the actor's. This default (a custom actor-critic) says every input.
+        """
+        return list(self.inputs)
+
     def state_slots(self, with_value: bool) -> list[StateSlot]:
         """The named state tensors one step carries (the critic's only ``with_value``); flat by default: one ``h``."""
         return named_slots([("", "h", 0, 1, self.state_size, "model")]) if self.state_size else []
@@ -299,8 +306,9 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """One step on named states: (action parameters, next states, value or None).
 
-        ``normalized_obs`` is the preprocessor's output; ``states`` are (B, layers, hidden) tensors,
-        one per ``state_slots(with_value)``. This default goes through ``forward`` and the flat state.
+        ``normalized_obs`` is the preprocessor's output for (at least) ``observed_inputs(with_value)``;
+        ``states`` are (B, layers, hidden) tensors, one per ``state_slots(with_value)``. This default
+        goes through ``forward`` and the flat state.
         """
         if states:
             flat = torch.cat([s.flatten(1) for s in states], dim=1)

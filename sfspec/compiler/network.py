@@ -218,6 +218,7 @@ class CompiledActorCritic(ActorCritic):
         self.state_size = sum(s.state_size for s in stacks)
         self.actor_slot_count = len(self.actor_stack.state_parts())
         self.layer_rows = list(layer_rows or [])  # plain references to submodules, for summaries
+        self.stack_observes = [set(s.observe) for s in plan.stacks]  # actor (or shared) first, then critic
 
     def forward(self, normalized_obs: ObsDict, rnn_states: torch.Tensor, values_only: bool = False) -> dict:
         actor_state = rnn_states[:, : self.actor_state_size]
@@ -236,6 +237,13 @@ class CompiledActorCritic(ActorCritic):
         out["action_params"] = self.action_parameterization(actor_x)
         out["new_rnn_states"] = torch.cat([actor_state, critic_state], dim=1)
         return out
+
+    def observed_inputs(self, with_value: bool) -> list[str]:
+        """What the actor stack observes and the action mask; with the critic's keys ``with_value``."""
+        wanted = set().union(*(self.stack_observes if with_value else self.stack_observes[:1]))
+        if self.mask_key is not None:
+            wanted.add(self.mask_key)
+        return [k for k in self.inputs if k in wanted]
 
     def state_slots(self, with_value: bool) -> list[StateSlot]:
         """Per recurrent layer of each core: h (and c for an LSTM); the critic's only ``with_value``."""

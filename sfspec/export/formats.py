@@ -27,6 +27,7 @@ Hook = Callable[..., Any] | str  # a function, or "module:function" imported on 
 MANIFEST = "policy.json"
 GOLDEN = "golden_io.npz"
 GOLDEN_PT = "golden_io.pt"  # the same data for LibTorch (C++); never loaded by sfspec
+BATCH_AXIS = "batch"  # the dynamic batch axis's name wherever axes are named (ONNX dim_param, policy.json)
 
 
 def resolve(hook: Hook) -> Callable[..., Any]:

@@ -18,7 +18,7 @@ from sfspec import __version__
 from sfspec.compiler.model import ActorCritic
 from sfspec.compiler.spaces import describe_space
 from sfspec.export.config import ExportConfig
-from sfspec.export.formats import EXPORT_FORMATS
+from sfspec.export.formats import BATCH_AXIS, EXPORT_FORMATS
 from sfspec.export.integrity import BUNDLE_FORMAT, checksum
 from sfspec.export.parity import ParityResult
 from sfspec.export.policy import DeployPolicy
@@ -82,7 +82,7 @@ def _layout(policy: DeployPolicy, example: tuple) -> dict[str, Any]:
         "observations": [_observation(policy, key, tensor) for key, tensor in zip(policy.obs_keys, example)],
         "actions": [_action(policy, name, part) for name, part in zip(policy.output_names, policy.model.layout.parts)],
         "state": [
-            {"input": f"{s.name}_in", "output": f"{s.name}_out", "shape": ["batch", s.layers, s.hidden]}
+            {"input": f"{s.name}_in", "output": f"{s.name}_out", "shape": [BATCH_AXIS, s.layers, s.hidden]}
             for s in policy.slots
         ],
         "reset": "reset" if policy.slots else None,

@@ -1,13 +1,14 @@
 """The deployable policy: raw observations in, actions in the environment's units out.
 
 ``DeployPolicy`` wraps a trained actor-critic for export. Its inputs are one tensor per
-observation key (raw, as the environment gives them: the preprocessing and normaliser are
-inside), then, for recurrent models, the state of each recurrent layer as named tensors
-(``h_in``, and ``c_in`` for an LSTM) and a per-row ``reset`` flag that zeroes memory. Its outputs
-are the deterministic actions already mapped to the action space's bounds, one tensor per action
-part, then the next state (``h_out``, ``c_out``) and, if asked, the value.
+observation key the model reads (``observed_inputs``: the actor's, and the critic's with the
+value; raw, as the environment gives them: the preprocessing and normaliser are inside), then,
+for recurrent models, the state of each recurrent layer as named tensors (``h_in``, and ``c_in``
+for an LSTM) and a per-row ``reset`` flag that zeroes memory. Its outputs are the deterministic
+actions already mapped to the action space's bounds, one tensor per action part, then the next
+state (``h_out``, ``c_out``) and, if asked, the value.
 
-It reads the model through the model contract only (``state_slots``, ``policy_step``,
+It reads the model through the model contract only (``observed_inputs``, ``state_slots``, ``policy_step``,
 ``action_mask``, ``action_head``, ``preprocessor``), so any ``ActorCritic`` exports the same way.
 """
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from sfspec.compiler.model import ActorCritic
+from sfspec.export.errors import ExportError
 
 
 class DeployPolicy(nn.Module):
@@ -29,7 +31,7 @@ class DeployPolicy(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.with_value = with_value
-        self.obs_keys = list(model.inputs)
+        self.obs_keys = _observed(model, with_value)  # the bundle takes nothing its graph does not read
         self.slots = model.state_slots(with_value)
         self.head = model.action_head
         self.parts = [(p.kind, p.size, tuple(p.space.shape)) for p in model.layout.parts]
@@ -134,6 +136,18 @@ class DeployPolicy(nn.Module):
             else:  # discrete values travel as floats inside the model; exact integers here
                 out.append(part.round().to(torch.int64).reshape(batch, *shape))
         return out
+
+
+def _observed(model: ActorCritic, with_value: bool) -> list[str]:
+    """``model.observed_inputs(with_value)``, checked: known input names, none twice, at least one."""
+    keys = list(model.observed_inputs(with_value))
+    unknown = [k for k in keys if k not in model.inputs]
+    if unknown or not keys or len(set(keys)) != len(keys):
+        raise ExportError(
+            f"{type(model).__name__}.observed_inputs({with_value}) returned {keys}: expected distinct names "
+            f"among the model's inputs {list(model.inputs)}"
+        )
+    return keys
 
 
 def _top2_gap(logits: torch.Tensor, broken: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from sfspec.export.config import ExportConfig
 from sfspec.export.errors import ExportError
-from sfspec.export.formats import EXPORT_FORMATS, GOLDEN, GOLDEN_PT, resolve
+from sfspec.export.formats import BATCH_AXIS, EXPORT_FORMATS, GOLDEN, GOLDEN_PT, resolve
 from sfspec.export.parity import Group, golden_arrays
 from sfspec.export.policy import DeployPolicy
 
@@ -94,11 +94,12 @@ def write_onnx(policy: DeployPolicy, example: tuple, config: ExportConfig, metad
     with torch.no_grad():
         if config.legacy_onnx:
             names = policy.input_names + policy.output_names
-            axes = {n: {0: "batch"} for n in names} if config.batch == "dynamic" else None
+            axes = {n: {0: BATCH_AXIS} for n in names} if config.batch == "dynamic" else None
             torch.onnx.export(policy, example, str(tmp), dynamo=False, dynamic_axes=axes, **kwargs)
         else:
             program = _exported_program(policy, example, config.batch)
             onnx_program = torch.onnx.export(program, example, dynamo=True, verbose=False, **kwargs)
+            onnx_program.rename_axes(_batch_axis_names(onnx_program.model.graph.inputs))
             onnx_program.save(str(tmp))
     model = onnx.load(str(tmp))
     tmp.unlink()
@@ -109,10 +110,17 @@ def write_onnx(policy: DeployPolicy, example: tuple, config: ExportConfig, metad
     return write_bytes(path, model.SerializeToString())
 
 
+def _batch_axis_names(graph_inputs) -> dict[str, str]:
+    """The exported program's batch symbol (``s15``, say: torch.export keeps no Dim name) -> ``batch``."""
+    firsts = [getattr(x.shape[0], "value", None) for x in graph_inputs if x.shape]  # an int when the batch is fixed
+    symbols = {first for first in firsts if isinstance(first, str)}
+    return {symbol: BATCH_AXIS for symbol in symbols}
+
+
 def _dynamic_shapes(example: tuple, batch: str | int) -> tuple | None:
     if batch != "dynamic":
         return None
-    dim = torch.export.Dim("batch", min=1, max=1 << 20)
+    dim = torch.export.Dim(BATCH_AXIS, min=1, max=1 << 20)
     return (tuple({0: dim} for _ in example),)  # one entry: forward's *inputs
 
 
