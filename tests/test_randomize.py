@@ -371,3 +371,33 @@ def test_a_plugin_env_declares_its_parameters_on_its_class(cli, write_spec) -> N
         assert env.env.params["wind"].abs().max() <= 1 and env.env.params["wind"].unique().numel() == 4
     finally:
         catalogue.remove("test/WindyCartPole-v0")
+
+
+@pytest.mark.parametrize(
+    "env_id, name, bounds, problem",
+    [
+        ("sfspec/Pendulum-v1", "mass", "[-1, 0]", "mass must be > 0"),
+        ("sfspec/CartPole-v1", "pole_half_length", "[-1, -0.5]", "pole_half_length must be > 0"),
+        ("sfspec/Reach-v0", "damping", "[-0.1, 1]", "damping must be >= 0"),
+    ],
+)
+def test_a_physically_impossible_range_is_a_spec_error(cli, write_spec, env_id, name, bounds, problem) -> None:
+    path = write_spec(f"env:\n  id: {env_id}\n  randomize:\n    {name}: {bounds}\nmodel: {{}}\n")
+    result = cli("validate", path)
+    assert result.code == 2 and ":4:" in result.err and f"{problem} (it is a physical quantity)" in result.err
+    env = make_tensor_env(env_id, 2)
+    with pytest.raises(ValueError, match=problem):
+        env.set_randomization({name: [float(b) for b in bounds.strip("[]").split(",")]})
+
+
+def test_zero_gravity_is_allowed(cli, write_spec) -> None:
+    path = write_spec("env: {id: sfspec/CartPole-v1, randomize: {gravity: [0, 9.8]}}\nmodel: {}\n")
+    assert cli("validate", path).code == 0
+
+
+def test_reach_targets_stay_within_a_shorter_arms_reach() -> None:
+    env = make_tensor_env("sfspec/Reach-v0", 256, seed=0)
+    env.set_randomization({"link_length": [0.2, 0.3]})
+    env.reset(seed=0)
+    radius = env.state[:, 4:6].double().norm(dim=1)
+    assert (radius <= 2 * env.get_parameters()["link_length"] + 1e-6).all()

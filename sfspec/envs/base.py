@@ -10,6 +10,7 @@ import gymnasium
 import torch
 from gymnasium.vector.utils import batch_space
 
+from sfspec.envs import catalogue
 from sfspec.errors import did_you_mean
 
 Info = dict[str, torch.Tensor]
@@ -211,8 +212,15 @@ class TensorEnv:
             low, high = (float(b) for b in bounds)
             if not (math.isfinite(low) and math.isfinite(high)) or low > high:
                 raise ValueError(f"{name}: expected a finite range [low, high] with low <= high, got {list(bounds)}")
+            problem = catalogue.outside_minimum(low, self._parameter_minimum(name))
+            if problem:
+                raise ValueError(f"{name} {problem} (it is a physical quantity), got the range {list(bounds)}")
             checked[name] = (low, high)
         self.randomization = checked
+
+    def _parameter_minimum(self, name: str) -> tuple[float, bool] | None:
+        """This class's ``parameter_minimums`` for ``name``, else the bundled bound if it is a bundled parameter."""
+        return catalogue.class_parameter_minimum(self.env_id, getattr(self, "parameter_minimums", {}), name)
 
     def close(self) -> None:
         """Release resources (nothing to release for the bundled simulators)."""

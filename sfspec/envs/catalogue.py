@@ -75,6 +75,45 @@ PARAMETERS: Mapping[str, Mapping[str, float]] = MappingProxyType(
 )
 NO_PARAMETERS: Mapping[str, float] = _frozen({})
 
+# Where a physical parameter makes sense: masses, lengths, forces and gains are positive; gravity and
+# damping may also be zero. A parameter not listed here has no bound (a plugin's may declare its own
+# with a ``parameter_minimums`` class attribute: name -> (minimum, inclusive)).
+PARAMETER_MINIMUMS: Mapping[str, tuple[float, bool]] = MappingProxyType(
+    {"gravity": (0.0, True), "damping": (0.0, True)}
+)
+POSITIVE = (0.0, False)
+
+
+def parameter_minimum(env_id: str, name: str) -> tuple[float, bool] | None:
+    """(minimum, inclusive) of parameter ``name`` of the env registered as ``env_id``, or None when it has none.
+
+    A class's own ``parameter_minimums`` come first; a parameter of a bundled env (also one a
+    plugin class inherits from it) gets the bundled bound.
+    """
+    cls = _CATALOGUE[env_id].cls
+    if cls is None:
+        return class_parameter_minimum(env_id, {}, name)
+    return class_parameter_minimum(getattr(cls, "env_id", ""), getattr(cls, "parameter_minimums", {}), name)
+
+
+def class_parameter_minimum(bundled_id: str, declared: Mapping, name: str) -> tuple[float, bool] | None:
+    """The bound of ``name``: declared by the class, else the bundled one if ``bundled_id`` has it, else None."""
+    if name in declared:
+        return tuple(declared[name])
+    if name in PARAMETERS.get(bundled_id, {}):
+        return PARAMETER_MINIMUMS.get(name, POSITIVE)
+    return None
+
+
+def outside_minimum(value: float, minimum: tuple[float, bool] | None) -> str:
+    """Why ``value`` lies below a parameter's minimum ('' when it does not)."""
+    if minimum is None:
+        return ""
+    bound, inclusive = minimum
+    if value > bound or (inclusive and value == bound):
+        return ""
+    return f"must be {'>=' if inclusive else '>'} {bound:g}"
+
 
 @dataclass(frozen=True)
 class EnvEntry:

@@ -119,7 +119,9 @@ class ReachEnv(TensorEnv):
     def _initial_state(self) -> torch.Tensor:
         q = self._uniform(-math.pi, math.pi, 2)
         dq = torch.zeros_like(q)
-        radius = self._uniform(0.2, 0.9, 1)
+        # Targets within the arm's reach whatever its drawn link length (0.2-0.9 at the nominal 0.5).
+        reach = self._row("link_length") / PARAMETERS[self.env_id]["link_length"]
+        radius = self._uniform(0.2, 0.9, 1) * reach
         angle = self._uniform(-math.pi, math.pi, 1)
         target = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
         bias = torch.randn(self.num_envs, 2, generator=self.generator, device=self.device, dtype=self.dtype)

@@ -72,6 +72,10 @@ def _range_issues(env_id: str, nominal: dict[str, float], name: str, bounds: lis
     if low > high:
         message = f"reversed range {bounds}: low must not exceed high (did you mean [{high}, {low}]?)"
         return [SpecIssue(smap.locate(path), path, message)]
+    problem = catalogue.outside_minimum(low, catalogue.parameter_minimum(env_id, name))
+    if problem:  # a negative mass or length would train on meaningless dynamics without any error
+        message = f"{name} {problem} (it is a physical quantity), got the range {bounds}"
+        return [SpecIssue(smap.locate(path), path, message)]
     return []
 
 
