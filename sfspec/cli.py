@@ -108,7 +108,7 @@ def _load_run_spec(run: str, overrides: list[str]):
     from sfspec.runtime.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(run)
-    return _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides).loaded, checkpoint
+    return _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides), checkpoint
 
 
 def _changed_paths(before: Any, after: Any, path: tuple = ()) -> list[tuple]:
@@ -167,7 +167,7 @@ def _resume_spec(run: Path, overrides: list[str]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a spec with PPO."""
+    """Train a spec (or continue a run) with the algorithm its train: section names."""
     from sfspec import pipeline
     from sfspec.runtime.train import default_run_dir, train
 
@@ -233,24 +233,21 @@ def _load_weights(model, checkpoint: dict, source: str) -> None:
 
 def _eval_one(path: str, args: argparse.Namespace) -> dict:
     """Evaluate one run, checkpoint or bundle; the summary ``--json`` prints."""
+    from sfspec.compiler.build import build_from_plan
     from sfspec.export.evaluate import evaluate_bundle
     from sfspec.runtime.config import RunnerConfig
     from sfspec.runtime.evaluate import evaluate, record_video
-    from sfspec.runtime.train import build_for_spec, resolve_device
-    from sfspec.runtime.vec_env import make_env
+    from sfspec.runtime.train import resolve_device
 
     if (Path(path) / "policy.json").is_file():  # an exported bundle, run by onnxruntime
         spec = _stored_spec(_bundle_spec(Path(path)), f"{path} (the bundle's spec)", args.overrides).loaded.data
         seed = RunnerConfig.from_spec(spec).seed
         return evaluate_bundle(Path(path), spec["env"], args.episodes, seed, args.backend).summary()
-    loaded, checkpoint = _load_run_spec(path, args.overrides)
+    checked, checkpoint = _load_run_spec(path, args.overrides)
+    loaded = checked.loaded
     spec = loaded.data
     device = resolve_device(args.device or "cpu")
-    probe = make_env({**spec["env"], "num_envs": 1}, 0, device)
-    try:
-        model = build_for_spec(spec, probe, device, loaded.source_map)
-    finally:
-        probe.close()
+    model = build_from_plan(checked.plan, loaded.source_map).to(device)  # the plan the check made
     _load_weights(model, checkpoint, path)
     seed = RunnerConfig.from_spec(spec).seed
     result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
@@ -326,8 +323,8 @@ def _export_one(source: Path, args: argparse.Namespace) -> None:
         model = pipeline.compile_spec(loaded)  # freshly initialised: for testing a deployment pipeline
         out = Path(args.out or f"{source.stem}-bundle")
     else:
-        loaded, checkpoint = _load_run_spec(str(source), args.overrides)
-        model = pipeline.compile_spec(loaded)
+        checked, checkpoint = _load_run_spec(str(source), args.overrides)
+        loaded, model = checked.loaded, pipeline.compile_checked(checked)
         _load_weights(model, checkpoint, str(source))
         out = Path(args.out or ((source if source.is_dir() else source.parent) / "bundle"))
     try:  # the spec's export: section (schema defaults), then what the command line says

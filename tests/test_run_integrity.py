@@ -538,3 +538,45 @@ def test_two_runs_started_in_the_same_second_get_their_own_directories(tmp_path,
 def test_eval_names_the_backends_it_can_run(cli, tmp_path):
     result = cli("eval", str(tmp_path), "--backend", "pt3")
     assert result.code == 2 and "--backend: 'pt3' is not one of onnx, torchscript" in result.err
+
+
+def test_eval_and_export_of_a_run_plan_the_model_once(cli, tmp_path, monkeypatch):
+    import sfspec.compiler.plan as plan_module
+    import sfspec.pipeline as pipeline_module
+
+    run = tmp_path / "run"
+    assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+    calls = []
+    real = plan_module.plan_model
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    import sfspec.compiler.build as build_module
+
+    for module in (plan_module, pipeline_module, build_module):  # every binding of the name
+        monkeypatch.setattr(module, "plan_model", counting)
+    for args in (("eval", str(run), "--episodes", "1"), ("export", str(run), "--formats", "onnx")):
+        calls.clear()
+        result = cli(*args)
+        assert result.code == 0, result.err
+        assert len(calls) == 1, args
+
+
+def test_an_algorithm_state_that_would_replace_the_weights_is_refused(tmp_path):
+    from sfspec.runtime.ppo import PPO
+
+    class Greedy(PPO):
+        def state_dict(self):
+            return {**super().state_dict(), "model": {}}
+
+    from sfspec.runtime.algorithm import ALGORITHMS, register_algorithm
+    from sfspec.runtime.config import PPO_PARAMS
+
+    register_algorithm("greedy", PPO_PARAMS, Greedy)
+    try:
+        with pytest.raises(TypeError, match=r"uses the runner's keys \['model'\]"):
+            train(with_train(algorithm="greedy", steps=BATCH, checkpoint_interval=1), tmp_path / "run", quiet=True)
+    finally:
+        ALGORITHMS.unregister("greedy")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sfspec.compiler.registry import Registry
-from sfspec.runtime.config import PPO_PARAMS
+from sfspec.runtime.config import PPO_PARAMS, RUNNER_PARAMS
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +73,7 @@ def register_algorithm(
 
 def make_algorithm(model: ActorCritic, env: Any, train: dict, device: torch.device) -> Algorithm:
     """The algorithm ``train.algorithm`` names, built for ``model`` and ``env``."""
-    return ALGORITHMS.get(train.get("algorithm", "ppo")).make(model, env, train, device)
+    return ALGORITHMS.get(train.get("algorithm", RUNNER_PARAMS["algorithm"]["default"])).make(model, env, train, device)
 
 
 def _make_ppo(model: ActorCritic, env: Any, train: dict, device: torch.device) -> Algorithm:

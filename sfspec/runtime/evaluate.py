@@ -9,6 +9,7 @@ import torch
 
 from sfspec.compiler.model import ActorCritic
 from sfspec.runtime.vec_env import make_env
+from sfspec.spec.config import EnvConfig
 
 EVAL_SEED_OFFSET = 10_000  # evaluation environments never replay training seeds
 
@@ -66,7 +67,7 @@ def run_episodes(
 
     ``num_envs`` defaults to ``min(episodes, env.num_envs)``; a fixed-batch bundle sets it.
     """
-    num_envs = num_envs or min(episodes, int(env_cfg.get("num_envs", 8)))
+    num_envs = num_envs or min(episodes, EnvConfig.from_spec(env_cfg).num_envs)
     env = make_env({**env_cfg, "num_envs": num_envs}, seed + EVAL_SEED_OFFSET, device)
     try:
         obs = env.reset(seed=seed + EVAL_SEED_OFFSET)

@@ -167,6 +167,12 @@ def _open_run_dir(run_dir: Path, spec: dict, resume: bool, spec_path: str | None
     return checkpoint
 
 
+# What the runner itself stores in a checkpoint; an algorithm's state_dict() keys sit beside these.
+RUNNER_KEYS = frozenset(
+    {"spec", "model", "update", "global_step", "elapsed", "rng", "env", "finished", "threads", "format"}
+)
+
+
 class Runner:
     """Drives an algorithm over its budget: logs, checkpoints, stops cleanly; the algorithm does the learning."""
 
@@ -260,12 +266,16 @@ class Runner:
 
     def save(self, finished: bool = False) -> None:
         """An atomic checkpoint of everything needed to continue exactly from this update."""
+        algorithm_state = self.algorithm.state_dict()
+        clash = set(algorithm_state) & RUNNER_KEYS
+        if clash:  # an algorithm's state sits beside the runner's; it must never replace the weights or spec
+            raise TypeError(f"{type(self.algorithm).__name__}.state_dict() uses the runner's keys {sorted(clash)}")
         save_checkpoint(
             self.run_dir / CHECKPOINT_NAME,
             {
                 "spec": self.spec,
                 "model": self.model.state_dict(),
-                **self.algorithm.state_dict(),
+                **algorithm_state,
                 "update": self.update,
                 "global_step": self.step,
                 "elapsed": self.elapsed + time.perf_counter() - self.started,

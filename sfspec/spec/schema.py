@@ -175,13 +175,14 @@ def train_schema() -> dict:
 
     entries = [ALGORITHMS.get(name) for name in ALGORITHMS.names()]
     properties = {**RUNNER_PARAMS, "algorithm": {**RUNNER_PARAMS["algorithm"], "enum": ALGORITHMS.names()}}
-    for entry in sorted(entries, key=lambda e: e.name != "ppo"):  # the default algorithm's definitions first
+    default = RUNNER_PARAMS["algorithm"]["default"]
+    for entry in sorted(entries, key=lambda e: e.name != default):  # the default algorithm's definitions first
         for key, prop in entry.params.items():
             properties.setdefault(key, prop)
     branches = []
     for entry in entries:
         chosen: dict = {"properties": {"algorithm": {"const": entry.name}}}
-        if entry.name != RUNNER_PARAMS["algorithm"]["default"]:
+        if entry.name != default:
             chosen["required"] = ["algorithm"]
         others = {k for e in entries if e is not entry for k in e.params} - set(entry.params)
         refused = {k: {"not": {}, "x-algorithm": entry.name, "x-owners": _owners(k, entries)} for k in sorted(others)}
