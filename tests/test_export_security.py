@@ -753,3 +753,25 @@ def test_export_prints_no_warnings(cli, write_spec, tmp_path):
     assert [f"{w.filename}:{w.lineno}: {w.message}" for w in caught] == []
     assert [r.getMessage() for r in records] == []
     assert result.err == ""
+
+
+def test_check_refuses_a_pt2_with_a_compressed_entry_without_inflating_it(cli, tiny_bundle, tmp_path):
+    """A few hundred kilobytes of deflated zeros would inflate to gigabytes if the screen read them."""
+    bundle = _copy(tiny_bundle, tmp_path)
+    with zipfile.ZipFile(bundle / "policy.pt2") as source:
+        entries = [(info.filename, source.read(info)) for info in source.infolist()]
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as target:
+        for name, data in entries:
+            compress = zipfile.ZIP_DEFLATED if name.endswith("model_weights_config.json") else zipfile.ZIP_STORED
+            target.writestr(name, data, compress_type=compress)
+    (bundle / "policy.pt2").write_bytes(out.getvalue())
+    _rehash(bundle)
+    result = cli("check", str(bundle))
+    assert result.code == 1 and "is compressed" in result.err and _no_traceback(result), result
+
+
+def test_policy_runner_reset_of_no_rows_is_nothing(tiny_bundle):
+    runner = PolicyRunner(tiny_bundle, batch=2)
+    runner.reset([])
+    runner.reset(np.array([], dtype=np.int64))

@@ -49,7 +49,7 @@ class PolicyRunner:
         if rows is None:
             self._states = [np.zeros([self.batch, *s["shape"][1:]], dtype=np.float32) for s in self.state]
             return
-        picked = np.asarray(rows)
+        picked = np.asarray(rows, dtype=np.int64 if len(rows) == 0 else None)  # an empty list: nothing to reset
         if picked.dtype.kind not in "iu" or picked.ndim != 1 or ((picked < 0) | (picked >= self.batch)).any():
             raise ValueError(f"reset rows must be row indices in [0, {self.batch}), not {rows!r}")
         for s in self._states:

@@ -119,6 +119,9 @@ def _pt2_entries(data: bytes, name: str) -> tuple[zipfile.ZipFile, dict[str, str
         names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BundleError(f"{name}: not a readable torch.export archive ({exc})") from None
+    for info in archive.infolist():  # torch.export.save stores entries; a compressed one could inflate without bound
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(data):
+            raise BundleError(f"{name}: {info.filename} is compressed; a torch.export archive stores its entries as is")
     roots = {entry.split("/", 1)[0] for entry in names}
     if len(roots) != 1 or any("/" not in entry for entry in names):
         raise BundleError(f"{name}: its entries are not all in one top-level folder; not a torch.export archive")
