@@ -187,7 +187,7 @@ class Runner:
         self.algorithm: Algorithm = make_algorithm(self.model, env, spec.get("train", {}), device)
         self.total, self.batch = self.algorithm.total_iterations, self.algorithm.steps_per_iteration
         self.update, self.elapsed = 0, 0.0
-        obs = env.reset(seed=cfg.seed)
+        obs, exact = env.reset(seed=cfg.seed), False
         if checkpoint is not None:
             self.model.load_state_dict(checkpoint["model"])
             self.update, self.elapsed = checkpoint["update"], checkpoint["elapsed"]
@@ -197,11 +197,9 @@ class Runner:
                 env.restore(checkpoint["env"])
             else:  # gymnasium envs cannot be snapshotted: new episodes, new seeds
                 obs = env.reset(seed=cfg.seed + 1_000_003 * self.update)
-            self.algorithm.start(obs)
+        self.algorithm.start(obs)
+        if checkpoint is not None:
             self.algorithm.load_state_dict(checkpoint, exact)
-        else:
-            self.algorithm.start(obs)
-        self.started = time.perf_counter()
 
     @property
     def step(self) -> int:
@@ -210,6 +208,7 @@ class Runner:
 
     def run(self, logger: RunLogger, on_log: Callable[[dict, ActorCritic], bool] | None = None) -> TrainResult:
         """Iterate until the budget is spent, the user stops the run, or ``on_log`` says so."""
+        self.started = time.perf_counter()  # the run's clock: set-up and the logger's start are not training
         self.logger, self.interval = logger, (self.started, self.step)
         interrupted = False
         try:
