@@ -81,16 +81,9 @@ class RunnerConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RunnerConfig):
     """PPO's view of the ``train:`` section: the runner's settings and its own, with the schema's defaults."""
 
-    algorithm: str
-    steps: int
-    seed: int
-    device: str
-    log_interval: int
-    checkpoint_interval: int
-    compile: bool
     rollout: int
     epochs: int
     minibatches: int
