@@ -20,6 +20,7 @@ import torch
 
 from sfspec.compiler.spaces import ActionLayout, env_actions, flatten_space
 from sfspec.envs import catalogue
+from sfspec.runtime.robustness import RobustnessAdapter
 from sfspec.spec.config import EnvConfig
 
 ObsDict = dict[str, torch.Tensor]
@@ -222,9 +223,17 @@ def _workers_ignore_ctrl_c(active: bool) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def make_env(env_cfg: dict, seed: int, device: torch.device) -> TensorEnvAdapter | GymVectorAdapter:
-    """The batched environment a spec's ``env`` section describes."""
+def make_env(env_cfg: dict, seed: int, device: torch.device) -> Any:
+    """The batched environment a spec's ``env`` section describes (with its noise and delays, if any)."""
     cfg = EnvConfig.from_spec(env_cfg)
+    env = _make_plain_env(cfg, device, seed)
+    if not cfg.robust:
+        return env
+    return RobustnessAdapter(env, cfg, seed)
+
+
+def _make_plain_env(cfg: EnvConfig, device: torch.device, seed: int) -> TensorEnvAdapter | GymVectorAdapter:
+    """The env adapter itself: a tensor env's, or a gymnasium vector env's."""
     env_id, num_envs, kwargs = cfg.id, cfg.num_envs, cfg.kwargs
     if catalogue.is_tensor_env(env_id):  # bundled or registered by a plugin, whatever its namespace
         from sfspec.envs.factory import make_tensor_env

@@ -22,7 +22,9 @@ def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
     path = ("env", "id")
     if catalogue.is_tensor_env(env_id):  # bundled, or registered by a plugin whatever its namespace
         check_randomize(env_cfg, smap)
-        return _guard(lambda: catalogue.env_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
+        spaces = _guard(lambda: catalogue.env_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
+        check_robustness(env_cfg, spaces[0], smap)
+        return spaces
     if env_id.startswith(TENSOR_ENV_PREFIX):
         known = catalogue.tensor_env_ids()
         message = f"unknown sfspec environment '{env_id}'{did_you_mean(env_id, known)}"
@@ -36,6 +38,7 @@ def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
     finally:
         env.close()
     check_randomize(env_cfg, smap)  # after the id is known to exist, so a misspelt id is named first
+    check_robustness(env_cfg, spaces[0], smap)
     return spaces
 
 
@@ -75,6 +78,70 @@ def _range_issues(env_id: str, nominal: dict[str, float], name: str, bounds: lis
     problem = catalogue.outside_minimum(low, catalogue.parameter_minimum(env_id, name))
     if problem:  # a negative mass or length would train on meaningless dynamics without any error
         message = f"{name} {problem} (it is a physical quantity), got the range {bounds}"
+        return [SpecIssue(smap.locate(path), path, message)]
+    return []
+
+
+def check_robustness(env_cfg: dict, obs_space: Any, smap: SourceMap) -> None:
+    """``env.noise`` and ``env.delay``: known float inputs with sound stds, ordered delays shorter than an episode."""
+    noise = env_cfg.get("noise") or {}
+    issues = [issue for name, entry in noise.items() for issue in _noise_issues(name, entry, obs_space, smap)]
+    delays = env_cfg.get("delay") or {}
+    limit = _episode_limit(env_cfg) if delays else None
+    issues += [issue for which, value in delays.items() for issue in _delay_issues(which, value, limit, smap)]
+    if issues:
+        raise SpecError(issues)
+
+
+def _noise_issues(name: str, entry: dict, obs_space: Any, smap: SourceMap) -> list[SpecIssue]:
+    """What is wrong with one ``env.noise`` entry (nothing when it names a float input with fitting stds)."""
+    import numpy as np
+    from gymnasium import spaces
+
+    from sfspec.compiler.spaces import describe_space, flatten_space
+
+    path = ("env", "noise", name)
+    leaves = flatten_space(obs_space)
+    if name not in leaves:
+        message = f"no observation input '{name}'{did_you_mean(name, leaves)}; the inputs: {', '.join(leaves)}"
+        return [SpecIssue(smap.locate(path, key=True), path, message)]
+    leaf = leaves[name]
+    if not isinstance(leaf, spaces.Box) or not np.issubdtype(leaf.dtype, np.floating):
+        message = f"'{name}' is {describe_space(leaf)}, a discrete input: noise applies to float (Box) inputs only"
+        return [SpecIssue(smap.locate(path, key=True), path, message)]
+    std, size = entry["std"], int(np.prod(leaf.shape))
+    if isinstance(std, list) and len(std) != size:
+        std_path = (*path, "std")
+        message = (
+            f"{len(std)} std values for '{name}' of shape {tuple(leaf.shape)}: give one number for every component, "
+            f"or {size} (one per component, flattened)"
+        )
+        return [SpecIssue(smap.locate(std_path), std_path, message)]
+    return []
+
+
+def _episode_limit(env_cfg: dict) -> int | None:
+    """The env's time limit in steps (``max_episode_steps`` in its kwargs, else its default), when known."""
+    kwargs = env_cfg.get("kwargs") or {}
+    if isinstance(kwargs.get("max_episode_steps"), int):
+        return kwargs["max_episode_steps"]
+    env_id = env_cfg["id"]
+    if catalogue.is_tensor_env(env_id):  # imports the env's class (and torch): only when a delay is given
+        return int(catalogue.env_class(env_id).default_max_episode_steps) or None
+    import gymnasium as gym
+
+    return gym.spec(env_id).max_episode_steps
+
+
+def _delay_issues(which: str, value: int | list, limit: int | None, smap: SourceMap) -> list[SpecIssue]:
+    """What is wrong with ``env.delay.observation`` or ``env.delay.action``."""
+    path = ("env", "delay", which)
+    low, high = (value[0], value[1]) if isinstance(value, list) else (value, value)
+    if low > high:
+        message = f"reversed range {value}: low must not exceed high (did you mean [{high}, {low}]?)"
+        return [SpecIssue(smap.locate(path), path, message)]
+    if limit is not None and high >= limit:
+        message = f"a delay of {high} steps is not shorter than an episode ({limit} steps at most)"
         return [SpecIssue(smap.locate(path), path, message)]
     return []
 
