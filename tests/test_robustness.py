@@ -272,6 +272,9 @@ def test_an_exported_bundle_carries_no_noise_or_delay(cli, tmp_path, tiny_bundle
     assert meta["inputs"] == plain["inputs"]
     assert "noise" not in json.dumps(meta["inputs"]) and "delay" not in json.dumps(meta["inputs"])
     assert all(v <= 1e-4 for v in meta["parity_worst_abs_error"].values())
+    # What training did to the plant is recorded for traceability (the bundle never applies it).
+    assert meta["trained_with"] == {"randomize": {}, "noise": {"obs": {"std": 0.05}}, "delay": spec["env"]["delay"]}
+    assert plain["trained_with"] == {"randomize": {}, "noise": {}, "delay": {}}
 
 
 # ---------------------------------------------------------------------------- spec errors

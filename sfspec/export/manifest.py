@@ -59,9 +59,16 @@ def manifest_fields(policy: DeployPolicy, spec: dict, example: tuple, config: Ex
         "deterministic": True,
         "with_value": policy.with_value,
         "env_id": spec["env"]["id"],
+        "trained_with": trained_with(spec),
         "spec": spec,
         **_layout(policy, example),
     }
+
+
+def trained_with(spec: dict) -> dict[str, Any]:
+    """What training did to the plant that the bundle never does (for traceability): ranges, noise, delays."""
+    env = spec["env"]
+    return {key: env.get(key) or {} for key in ("randomize", "noise", "delay")}
 
 
 def complete_manifest(fields: dict, formats: tuple[str, ...], blobs: dict[str, bytes], parity: ParityResult) -> dict:
