@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import textwrap
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,59 @@ def cli(capsys):
         return Result(code, captured.out, captured.err)
 
     return run
+
+
+def write_yaml(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> str:
+    """Write a spec given as a dict to ``tmp_path/name``; returns the path as a string."""
+    import yaml
+
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+@pytest.fixture
+def keep_thread_count():
+    """A resume adopts its run's thread count; give the test process its own back afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def rollout_for(spec: dict, steps: int = 64):
+    """A spec's env, rollout storage, and a function that collects one rollout into it (CPU)."""
+    import torch
+
+    from sfspec.compiler.build import compile_model
+    from sfspec.runtime.config import TrainConfig
+    from sfspec.runtime.ppo import Carry, ReturnNormalizer, Rollout, collect_rollout
+    from sfspec.runtime.vec_env import make_env
+
+    cpu = torch.device("cpu")
+    env = make_env(spec["env"], 0, cpu)
+    model = compile_model(spec, env.observation_space, env.action_space)
+    carry = Carry.start(env.reset(seed=0), model, env.num_envs, cpu)
+    rollout = Rollout.allocate(steps, carry.obs, model.layout.size, model.state_size, cpu, batched_bootstrap=True)
+    cfg = TrainConfig.from_spec(spec)
+    return env, rollout, lambda: collect_rollout(model, env, carry, rollout, cfg, ReturnNormalizer())
+
+
+@contextmanager
+def no_host_sync(monkeypatch):
+    """Within the block, any read of a tensor back to the host (item, tolist, bool, ...) fails the test."""
+    import torch
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the rollout")
+
+    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
 
 
 @pytest.fixture

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import ClassVar
 
 import gymnasium as gym
 import pytest
 import torch
-import yaml
+from conftest import no_host_sync, rollout_for, write_yaml
 
-from sfspec.compiler.build import compile_model
 from sfspec.envs import CartPoleEnv, catalogue, make_tensor_env, register_tensor_env
 from sfspec.runtime.checkpoint import load_checkpoint
-from sfspec.runtime.config import TrainConfig
-from sfspec.runtime.ppo import Carry, ReturnNormalizer, Rollout, collect_rollout
 from sfspec.runtime.vec_env import make_env
 
 RANDOMISED = ("sfspec/CartPole-v1", "sfspec/Pendulum-v1", "sfspec/Acrobot-v1", "sfspec/Reach-v0")
@@ -235,19 +231,10 @@ def test_rollout_with_randomisation_makes_no_host_synchronisation(monkeypatch) -
         "env": {"id": "sfspec/CartPole-v1", "num_envs": 8, "randomize": {"pole_mass": [0.05, 0.2], "force": [8, 12]}},
         "model": {"core": [{"gru": 8}]},
     }
-    env = make_env(spec["env"], 0, torch.device("cpu"))
-    model = compile_model(spec, env.observation_space, env.action_space)
-    carry = Carry.start(env.reset(seed=0), model, 8, torch.device("cpu"))
-    rollout = Rollout.allocate(64, carry.obs, 1, model.state_size, "cpu", batched_bootstrap=True)
+    env, rollout, collect = rollout_for(spec)
     drawn = env.env.get_parameters()
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation inside the rollout")
-
-    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    collect_rollout(model, env, carry, rollout, TrainConfig.from_spec(spec), ReturnNormalizer())
-    monkeypatch.undo()
+    with no_host_sync(monkeypatch):
+        collect()
     assert rollout.ends.sum() > 0  # episodes ended inside the rollout ...
     assert not torch.equal(env.env.params["pole_mass"], drawn["pole_mass"])  # ... and drew new physics
     assert bool(((env.env.params["force"] >= 8) & (env.env.params["force"] <= 12)).all())
@@ -284,31 +271,17 @@ RANDOMISED_SPEC = {
 }
 
 
-def _write(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
-
-
-@pytest.fixture
-def keep_thread_count():
-    """A resume adopts its run's thread count; give the test process its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resume_with_randomisation_continues_exactly(cli, tmp_path, keep_thread_count) -> None:
     """The drawn physics are part of the checkpoint: stopping and resuming equals one straight run."""
     run, straight = tmp_path / "run", tmp_path / "straight"
-    assert cli("train", _write(tmp_path, RANDOMISED_SPEC), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, RANDOMISED_SPEC), "--run-dir", str(run), "--quiet").code == 0
     stopped = load_checkpoint(run)
     nominal = catalogue.env_parameters("sfspec/CartPole-v1")["pole_half_length"]
     assert not torch.equal(stopped["env"]["parameters"]["pole_half_length"], torch.full((8,), nominal).double())
     resumed = cli("train", "--resume", str(run), "--set", f"train.steps={BATCH * 6}", "--quiet")
     assert resumed.code == 0, resumed.err
     longer = {**RANDOMISED_SPEC, "train": {**RANDOMISED_SPEC["train"], "steps": BATCH * 6}}
-    assert cli("train", _write(tmp_path, longer, "longer.yaml"), "--run-dir", str(straight), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, longer, "longer.yaml"), "--run-dir", str(straight), "--quiet").code == 0
     a, b = load_checkpoint(straight), load_checkpoint(run)
     assert a["update"] == b["update"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import no_host_sync, rollout_for, write_yaml
 from gymnasium import spaces
 
-from sfspec.compiler.build import compile_model
 from sfspec.compiler.spaces import action_layout
 from sfspec.envs import TensorEnv, register_tensor_env
 from sfspec.runtime.checkpoint import load_checkpoint
-from sfspec.runtime.config import TrainConfig
-from sfspec.runtime.ppo import Carry, ReturnNormalizer, Rollout, collect_rollout
 from sfspec.runtime.robustness import RobustnessAdapter, default_action
 from sfspec.runtime.vec_env import make_env
 
@@ -160,18 +157,9 @@ def test_rollout_with_noise_and_delays_makes_no_host_synchronisation(monkeypatch
         },
         "model": {"core": [{"gru": 8}]},
     }
-    env = make_env(spec["env"], 0, CPU)
-    model = compile_model(spec, env.observation_space, env.action_space)
-    carry = Carry.start(env.reset(seed=0), model, 8, CPU)
-    rollout = Rollout.allocate(64, carry.obs, 1, model.state_size, "cpu", batched_bootstrap=True)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation inside the rollout")
-
-    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    collect_rollout(model, env, carry, rollout, TrainConfig.from_spec(spec), ReturnNormalizer())
-    monkeypatch.undo()
+    _, rollout, collect = rollout_for(spec)
+    with no_host_sync(monkeypatch):
+        collect()
     assert rollout.ends.sum() > 0  # episodes ended (and the delays were redrawn) inside the rollout
 
 
@@ -199,12 +187,6 @@ def test_noisy_delayed_steps_do_not_synchronise_on_cuda() -> None:
     assert step.obs["obs"].device.type == "cuda"
 
 
-def _write(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
-
-
 def test_a_gymnasium_env_trains_with_noise_and_delays(cli, tmp_path) -> None:
     spec = {
         "env": {
@@ -218,7 +200,7 @@ def test_a_gymnasium_env_trains_with_noise_and_delays(cli, tmp_path) -> None:
         "train": {"rollout": 32, "steps": 256, "log_interval": 1},
     }
     run = tmp_path / "run"
-    result = cli("train", _write(tmp_path, spec), "--run-dir", str(run), "--quiet")
+    result = cli("train", write_yaml(tmp_path, spec), "--run-dir", str(run), "--quiet")
     assert result.code == 0, result.err
     assert load_checkpoint(run)["update"] == 4
 
@@ -235,23 +217,15 @@ ROBUST_SPEC = {
 }
 
 
-@pytest.fixture
-def keep_thread_count():
-    """A resume adopts its run's thread count; give the test process its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resume_with_noise_and_delays_continues_exactly(cli, tmp_path, keep_thread_count) -> None:
     """Buffers, drawn delays and the noise generator are in the checkpoint: stop + resume == one run."""
     run, straight = tmp_path / "run", tmp_path / "straight"
-    assert cli("train", _write(tmp_path, ROBUST_SPEC), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, ROBUST_SPEC), "--run-dir", str(run), "--quiet").code == 0
     assert "robustness" in load_checkpoint(run)["env"]
     resumed = cli("train", "--resume", str(run), "--set", "train.steps=384", "--quiet")
     assert resumed.code == 0, resumed.err
     longer = {**ROBUST_SPEC, "train": {**ROBUST_SPEC["train"], "steps": 384}}
-    assert cli("train", _write(tmp_path, longer, "longer.yaml"), "--run-dir", str(straight), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, longer, "longer.yaml"), "--run-dir", str(straight), "--quiet").code == 0
     a, b = load_checkpoint(straight), load_checkpoint(run)
     assert a["update"] == b["update"] == 6
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
@@ -264,7 +238,7 @@ def test_an_exported_bundle_carries_no_noise_or_delay(cli, tmp_path, tiny_bundle
     spec = yaml.safe_load((tiny_bundle.parent / "spec.yaml").read_text())
     spec["env"] = {**spec["env"], "noise": {"obs": {"std": 0.05}}, "delay": {"observation": 1, "action": 1}}
     run, bundle = tmp_path / "run", tmp_path / "bundle"
-    assert cli("train", _write(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
     result = cli("export", str(run), "--out", str(bundle), "--formats", "torchscript")
     assert result.code == 0, result.err
     meta = json.loads((bundle / "policy.json").read_text())

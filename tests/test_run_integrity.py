@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import write_yaml
 from gymnasium import spaces
 
 from sfspec.envs import TensorEnv, register_tensor_env
@@ -31,12 +32,7 @@ TINY = {
     "train": {"steps": 8 * 8 * 6, "rollout": 8, "seed": 3, "log_interval": 1, "checkpoint_interval": 3},
 }
 BATCH = 8 * 8  # num_envs * rollout
-
-
-def write(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
+pytestmark = pytest.mark.usefixtures("keep_thread_count")  # resumes adopt their run's thread count
 
 
 def with_train(**changes) -> dict:
@@ -49,14 +45,6 @@ def metric_steps(run: Path) -> list[int]:
 
 def same_weights(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(autouse=True)
-def keep_thread_count():
-    """A resume adopts its run's thread count; give the test process its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- code execution through stored specs
@@ -100,7 +88,7 @@ def test_bundle_spec_that_names_a_module_is_refused_by_eval(cli, tmp_path, evil_
 def test_a_second_training_on_a_run_dir_in_use_is_refused(cli, tmp_path):
     run = tmp_path / "run"
     with locked_run_dir(run):  # as another sfspec process holds it
-        result = cli("train", write(tmp_path, TINY), "--run-dir", str(run), "--quiet")
+        result = cli("train", write_yaml(tmp_path, TINY), "--run-dir", str(run), "--quiet")
     assert result.code == 2 and "is in use by another sfspec process" in result.err
     assert not (run / "metrics.jsonl").exists() and not (run / "spec.yaml").exists()
 
@@ -109,7 +97,7 @@ def test_a_run_dir_with_metrics_but_no_checkpoint_is_not_appended_to(cli, tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "metrics.jsonl").write_text('{"step": 64}\n')
-    result = cli("train", write(tmp_path, TINY), "--run-dir", str(run), "--quiet")
+    result = cli("train", write_yaml(tmp_path, TINY), "--run-dir", str(run), "--quiet")
     assert result.code == 2 and "already holds a run (metrics.jsonl)" in result.err
     assert (run / "metrics.jsonl").read_text() == '{"step": 64}\n'
 
@@ -124,7 +112,7 @@ def test_run_dir_dot_never_overwrites_the_users_own_spec(cli, tmp_path, monkeypa
 
 
 def test_a_read_only_run_dir_gets_a_message(cli, tmp_path):
-    result = cli("train", write(tmp_path, TINY), "--run-dir", "/proc/sfspec-run", "--quiet")
+    result = cli("train", write_yaml(tmp_path, TINY), "--run-dir", "/proc/sfspec-run", "--quiet")
     assert result.code == 2 and "cannot use /proc/sfspec-run as a run directory" in result.err
     assert "Traceback" not in result.err
 
@@ -162,7 +150,7 @@ def test_resume_after_a_crash_logs_every_step_once(cli, tmp_path):
 
 def test_resuming_a_finished_run_says_so_and_how_to_extend_it(cli, tmp_path):
     run = tmp_path / "run"
-    first = cli("train", write(tmp_path, TINY), "--run-dir", str(run), "--quiet")
+    first = cli("train", write_yaml(tmp_path, TINY), "--run-dir", str(run), "--quiet")
     assert first.code == 0
     assert f"next: sfspec eval {run}  |  sfspec plot {run}  |  sfspec export {run}" in first.out
     before = (run / "metrics.jsonl").read_text()
@@ -175,7 +163,7 @@ def test_resuming_a_finished_run_says_so_and_how_to_extend_it(cli, tmp_path):
 
 def test_resume_refuses_overrides_that_change_what_the_run_was_trained_as(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("train", write(tmp_path, with_train(steps=BATCH * 3)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH * 3)), "--run-dir", str(run), "--quiet").code == 0
     for override, path in (("train.rollout=4", "train.rollout"), ("env.num_envs=4", "env.num_envs")):
         result = cli("train", "--resume", str(run), "--set", override, "--quiet")
         assert result.code == 2, result.err
@@ -187,7 +175,7 @@ def test_resume_refuses_overrides_that_change_what_the_run_was_trained_as(cli, t
 
 def test_eval_overrides_that_change_the_model_get_a_message(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
     result = cli("eval", str(run), "--set", "model.encoder[0].linear=32")
     assert result.code == 2 and "the overrides change the model the run was trained with" in result.err
     assert "Traceback" not in result.err
@@ -196,7 +184,7 @@ def test_eval_overrides_that_change_the_model_get_a_message(cli, tmp_path):
 def test_eval_takes_several_runs(cli, tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
-        assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+        assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
     result = cli("eval", *map(str, runs), "--episodes", "2")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
@@ -208,7 +196,7 @@ def test_eval_takes_several_runs(cli, tmp_path):
 
 def test_a_bit_flip_in_a_checkpoint_is_caught(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
     raw = bytearray((run / "checkpoint.pt").read_bytes())
     payload = torch.load(run / "checkpoint.pt", weights_only=True)["payload"].numpy().tobytes()
     at = raw.index(payload[len(payload) // 2 : len(payload) // 2 + 64]) + 10
@@ -221,7 +209,7 @@ def test_a_bit_flip_in_a_checkpoint_is_caught(cli, tmp_path):
 
 def test_plot_reads_metrics_with_a_torn_last_line(cli, tmp_path):
     run = tmp_path / "run"
-    assert cli("train", write(tmp_path, with_train(steps=BATCH * 2)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH * 2)), "--run-dir", str(run), "--quiet").code == 0
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 192, "return_me')  # the disk filled up mid-line
     result = cli("plot", str(run), "--out", str(tmp_path / "curve.png"))
@@ -257,7 +245,7 @@ def test_a_full_disk_while_logging_stops_with_a_message(cli, tmp_path, monkeypat
 
     monkeypatch.setattr(logger_module.RunLogger, "__init__", init)
     run = tmp_path / "run"
-    result = cli("train", write(tmp_path, TINY), "--run-dir", str(run), "--quiet")
+    result = cli("train", write_yaml(tmp_path, TINY), "--run-dir", str(run), "--quiet")
     assert result.code == 1 and "Traceback" not in result.err
     assert "cannot write metrics: No space left on device" in result.err and "metrics.jsonl" in result.err
 
@@ -265,7 +253,7 @@ def test_a_full_disk_while_logging_stops_with_a_message(cli, tmp_path, monkeypat
 def test_checkpoint_records_the_thread_count_and_resume_uses_it(cli, tmp_path):
     run = tmp_path / "run"
     torch.set_num_threads(1)
-    assert cli("train", write(tmp_path, with_train(steps=BATCH * 3)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH * 3)), "--run-dir", str(run), "--quiet").code == 0
     assert load_checkpoint(run)["threads"] == 1
     torch.set_num_threads(2)
     assert cli("train", "--resume", str(run), "--set", f"train.steps={BATCH * 4}", "--quiet").code == 0
@@ -329,7 +317,7 @@ def test_a_faulty_tensor_env_stops_training_with_a_message_naming_it(cli, tmp_pa
         "train": {"rollout": 8, "checkpoint_interval": 1, "steps": 1000},
     }
     run = tmp_path / "run"
-    result = cli("train", write(tmp_path, spec), "--run-dir", str(run), "--quiet")
+    result = cli("train", write_yaml(tmp_path, spec), "--run-dir", str(run), "--quiet")
     assert result.code == 1, result.err
     assert message in result.err and "Traceback" not in result.err
     saved = load_checkpoint(run)
@@ -342,7 +330,7 @@ def test_a_non_finite_reward_is_named_as_such(cli, tmp_path):
         "model": {},
         "train": {"rollout": 8, "checkpoint_interval": 1, "steps": 1000},
     }
-    result = cli("train", write(tmp_path, spec), "--run-dir", str(tmp_path / "run"), "--quiet")
+    result = cli("train", write_yaml(tmp_path, spec), "--run-dir", str(tmp_path / "run"), "--quiet")
     assert result.code == 1 and "sfspec/Counter-v0 returned a non-finite reward (in steps 32-48)" in result.err
 
 
@@ -371,7 +359,7 @@ def test_ctrl_c_stops_at_an_update_boundary_and_resumes_exactly(cli, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(TESTS))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sfspec", "train", write(tmp_path, spec), "--run-dir", str(run), "--quiet"],
+        [sys.executable, "-m", "sfspec", "train", write_yaml(tmp_path, spec), "--run-dir", str(run), "--quiet"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -389,7 +377,7 @@ def test_ctrl_c_stops_at_an_update_boundary_and_resumes_exactly(cli, tmp_path):
 
     straight = tmp_path / "straight"
     torch.set_num_threads(stopped["threads"])  # the interrupted run's thread count, for exact equality
-    same_spec = write(tmp_path, with_train(**{**spec["train"], "steps": BATCH * total}), "same.yaml")
+    same_spec = write_yaml(tmp_path, with_train(**{**spec["train"], "steps": BATCH * total}), "same.yaml")
     assert cli("train", same_spec, "--run-dir", str(straight), "--quiet").code == 0
     a, b = load_checkpoint(straight), load_checkpoint(run)
     assert a["update"] == b["update"] == total
@@ -418,7 +406,7 @@ def test_ctrl_c_in_a_terminal_stops_async_env_training_cleanly(tmp_path):
     }
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sfspec", "train", write(tmp_path, spec), "--run-dir", str(run), "--quiet"],
+        [sys.executable, "-m", "sfspec", "train", write_yaml(tmp_path, spec), "--run-dir", str(run), "--quiet"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -442,7 +430,7 @@ register_tensor_env("robots/Long-v0", _LongArm)
 
 def test_a_plugin_tensor_env_outside_the_sfspec_namespace_validates_and_trains(cli, tmp_path):
     spec = {"env": {"id": "robots/Long-v0", "num_envs": 2}, "model": {}, "train": {"rollout": 8, "steps": 32}}
-    path = write(tmp_path, spec)
+    path = write_yaml(tmp_path, spec)
     assert cli("validate", path).code == 0
     result = cli("train", path, "--run-dir", str(tmp_path / "run"), "--quiet")
     assert result.code == 0, result.err
@@ -462,7 +450,7 @@ def test_env_kwargs_that_make_an_enormous_space_are_a_spec_error(cli, write_spec
 def test_export_takes_several_runs_each_into_its_own_bundle(cli, tmp_path):
     runs = [tmp_path / "a", tmp_path / "b"]
     for run in runs:
-        assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+        assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
     refused = cli("export", *map(str, runs), "--out", str(tmp_path / "one"), "--formats", "onnx")
     assert refused.code == 2 and f"2 sources were given ({runs[0]}, {runs[1]})" in refused.err
     result = cli("export", *map(str, runs), "--formats", "onnx")
@@ -485,7 +473,7 @@ def test_an_empty_export_formats_list_is_a_spec_error(cli, write_spec):
 @pytest.mark.parametrize("damage", ['{"step": 1\x00\n', "[1, 2]\n", '{"step": "x"}\n'])
 def test_resume_names_a_damaged_metrics_line_instead_of_crashing(cli, tmp_path, damage):
     run = tmp_path / "run"
-    assert cli("train", write(tmp_path, with_train(steps=BATCH * 2)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH * 2)), "--run-dir", str(run), "--quiet").code == 0
     lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
     (run / "metrics.jsonl").write_text(lines[0] + damage + lines[1])
     result = cli("train", "--resume", str(run), "--set", f"train.steps={BATCH * 3}", "--quiet")
@@ -508,7 +496,7 @@ def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_last_one(c
 
     monkeypatch.setattr(sfspec.io.os, "fsync", fsync)
     run = tmp_path / "run"
-    result = cli("train", write(tmp_path, with_train(checkpoint_interval=1)), "--run-dir", str(run), "--quiet")
+    result = cli("train", write_yaml(tmp_path, with_train(checkpoint_interval=1)), "--run-dir", str(run), "--quiet")
     assert result.code == 1 and "Traceback" not in result.err
     assert f"cannot write {run / 'checkpoint.pt'}: No space left on device; its previous version is unchanged" in (
         result.err
@@ -545,7 +533,7 @@ def test_eval_and_export_of_a_run_plan_the_model_once(cli, tmp_path, monkeypatch
     import sfspec.pipeline as pipeline_module
 
     run = tmp_path / "run"
-    assert cli("train", write(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("train", write_yaml(tmp_path, with_train(steps=BATCH)), "--run-dir", str(run), "--quiet").code == 0
     calls = []
     real = plan_module.plan_model
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ROOT
+from conftest import ROOT, no_host_sync, rollout_for
+from conftest import write_yaml as write
 
 from sfspec.compiler.build import compile_model
 from sfspec.io import atomic_write
@@ -24,12 +25,6 @@ from sfspec.runtime.vec_env import make_env
 from sfspec.spec.schema import train_schema
 
 TESTS = Path(__file__).resolve().parent
-
-
-def write(tmp_path: Path, spec: dict, name: str = "spec.yaml") -> str:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(spec))
-    return str(path)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -322,21 +317,9 @@ def test_rollout_makes_no_host_synchronisation_with_a_tensor_env(monkeypatch):
         "model": {"core": [{"gru": 8}]},
         "train": {"normalize_returns": True},
     }
-    env = make_env(spec["env"], 0, torch.device("cpu"))
-    model = compile_model(spec, env.observation_space, env.action_space)
-    cfg = TrainConfig.from_spec(spec)
-    from sfspec.runtime.ppo import ReturnNormalizer
-
-    carry = Carry.start(env.reset(seed=0), model, 8, torch.device("cpu"))
-    rollout = Rollout.allocate(64, carry.obs, 1, model.state_size, "cpu", batched_bootstrap=True)
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("host synchronisation inside the rollout")
-
-    for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, name, forbidden)
-    collect_rollout(model, env, carry, rollout, cfg, ReturnNormalizer())
-    monkeypatch.undo()
+    _, rollout, collect = rollout_for(spec)
+    with no_host_sync(monkeypatch):
+        collect()
     assert rollout.ends.sum() > 0  # episodes ended (and were reset) inside the rollout
 
 
