@@ -39,7 +39,6 @@ __all__ = [
     "build_model",
     "build_stack",
     "compile_model",
-    "compile_model_with_rows",
     "initialize_weights",
 ]
 
@@ -208,10 +207,3 @@ def compile_model(
     smap = smap or SourceMap()
     return build_from_plan(plan_model(spec, obs_space, action_space, smap, env_name), smap)
 
-
-def compile_model_with_rows(
-    spec: dict, obs_space: Any, action_space: Any, smap: SourceMap | None = None, env_name: str = "the env"
-) -> tuple[ActorCritic, list[ModuleRow]]:
-    """Like ``compile_model``, also returning the model's summary rows (``model.summary_rows()``)."""
-    model = compile_model(spec, obs_space, action_space, smap, env_name)
-    return model, model.summary_rows()

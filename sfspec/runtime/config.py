@@ -109,5 +109,3 @@ class TrainConfig(RunnerConfig):
         given = spec.get("train", {})
         return cls(**resolve(RUNNER_PARAMS, given), **resolve(PPO_PARAMS, given))
 
-
-PPOConfig = TrainConfig  # the name a second algorithm's config would stand beside
