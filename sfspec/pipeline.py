@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sfspec.compiler.budget import MemoryEstimate, check_memory
+from sfspec.compiler.interface_config import policy_spaces
 from sfspec.compiler.plan import ModelPlan, plan_model
 from sfspec.spec.environment import env_spaces
+from sfspec.spec.interface import check_interface
 from sfspec.spec.loader import LoadedSpec, load_spec
 from sfspec.spec.validate import validate_spec
 
@@ -48,26 +50,36 @@ def check(loaded: LoadedSpec) -> CheckedSpec:
     Refuses a spec whose parameters, rollout and environments would not fit in this machine's
     memory, before torch allocates anything.
     """
-    obs_space, action_space = env_spaces(loaded.data["env"], loaded.source_map)
-    plan = plan_model(loaded.data, obs_space, action_space, loaded.source_map, loaded.data["env"]["id"])
-    memory = check_memory(loaded.data, obs_space, action_space, plan, loaded.source_map)
-    return CheckedSpec(loaded, obs_space, action_space, plan, memory)
+    plan = _plan(loaded)
+    memory = check_memory(loaded.data, plan.obs_space, plan.action_space, plan, loaded.source_map)
+    return CheckedSpec(loaded, plan.obs_space, plan.action_space, plan, memory)
+
+
+def _plan(loaded: LoadedSpec, env_obs_space: Any = None, env_action_space: Any = None) -> ModelPlan:
+    """The model's plan on the network's spaces: the env's, through the spec's robot interface if it has one."""
+    smap, env_cfg = loaded.source_map, loaded.data["env"]
+    if env_obs_space is None or env_action_space is None:
+        env_obs_space, env_action_space = env_spaces(env_cfg, smap)
+    interface = check_interface(loaded.data, env_obs_space, env_action_space, smap)
+    obs_space, action_space = policy_spaces(interface, env_obs_space, env_action_space)
+    plan = plan_model(loaded.data, obs_space, action_space, smap, env_cfg["id"])
+    if interface is not None:
+        plan.interface = (interface, env_obs_space, env_action_space)
+    return plan
 
 
 def compile_spec(
     loaded: LoadedSpec, obs_space: Any = None, action_space: Any = None, plan: ModelPlan | None = None
 ) -> ActorCritic:
-    """Build the actor-critic a loaded spec describes (spaces from its env unless given).
+    """Build the actor-critic a loaded spec describes (the env's spaces from its env unless given).
 
     Pass the ``plan`` of ``check(loaded)`` to build from it; without one the spec is planned here, once.
     """
     from sfspec.compiler.build import build_from_plan
 
-    smap, env_id = loaded.source_map, loaded.data["env"]["id"]
+    smap = loaded.source_map
     if plan is None:
-        if obs_space is None or action_space is None:
-            obs_space, action_space = env_spaces(loaded.data["env"], smap)
-        plan = plan_model(loaded.data, obs_space, action_space, smap, env_id)
+        plan = _plan(loaded, obs_space, action_space)
     check_memory(loaded.data, plan.obs_space, plan.action_space, plan, smap, training=False)  # before torch
     return build_from_plan(plan, smap)
 

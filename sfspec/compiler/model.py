@@ -18,6 +18,7 @@ from torch import nn
 from sfspec.compiler.components import ModelParams
 from sfspec.compiler.config import ModelConfig
 from sfspec.compiler.heads import ActionHead
+from sfspec.compiler.interface import RobotInterface
 from sfspec.compiler.spaces import ObsInput, action_layout, observation_inputs
 
 if TYPE_CHECKING:
@@ -269,6 +270,8 @@ class ActorCritic(nn.Module):
         norm = (normalize_keys, config.normalize_clip, config.normalize_epsilon)
         self.preprocessor = ObsPreprocessor(self.inputs, *norm)
         self.state_size = 0
+        # The spec's robot interface (robot units, histories), for export and evaluation; None without one.
+        self.robot_interface = RobotInterface(*plan.interface) if plan is not None and plan.interface else None
 
     def get_action_parameterization(self, size: int) -> ActionHead:
         """The action head for features of width ``size`` (Sample Factory's name for it)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sfspec.compiler import layers as _builtin_layers  # noqa: F401 (registers the built-in layers)
 from sfspec.compiler.config import ModelConfig
@@ -21,6 +21,9 @@ from sfspec.compiler.shapes import ShapeError, format_shape, infer_layer, parse_
 from sfspec.compiler.spaces import ActionLayout, ObsInput, SpaceError, action_layout, describe_space, observation_inputs
 from sfspec.errors import SpecError, SpecIssue, did_you_mean
 from sfspec.sourcemap import SourceMap
+
+if TYPE_CHECKING:
+    from sfspec.compiler.interface_config import InterfaceConfig
 
 MODEL = ("model",)
 PARTS = ("encoder", "core", "decoder")
@@ -93,6 +96,9 @@ class ModelPlan:
     obs_space: Any = None
     action_space: Any = None
     custom_model: str | None = None
+    # The robot interface (spec, the env's own spaces) when the spec has one; obs_space and
+    # action_space above are then the network's (sfspec.spec.interface.policy_spaces).
+    interface: tuple[InterfaceConfig, Any, Any] | None = None
 
 
 def _issue(smap: SourceMap, path: tuple, message: str, key: bool = False) -> SpecIssue:

@@ -89,18 +89,41 @@ def _layout(policy: DeployPolicy, example: tuple) -> dict[str, Any]:
         "observations": [_observation(policy, key, tensor) for key, tensor in zip(policy.obs_keys, example)],
         "actions": [_action(policy, name, part) for name, part in zip(policy.output_names, policy.model.layout.parts)],
         "state": [
-            {"input": f"{s.name}_in", "output": f"{s.name}_out", "shape": [BATCH_AXIS, s.layers, s.hidden]}
+            {
+                "input": f"{s.name}_in",
+                "output": f"{s.name}_out",
+                "shape": [BATCH_AXIS, *s.shape],
+                "kind": s.kind,
+                "initial": "zeros",
+                "on_reset": s.on_reset,
+            }
             for s in policy.slots
         ],
         "reset": "reset" if policy.slots else None,
+        "control": _control(policy),
         "inputs": policy.input_names,
         "outputs": policy.output_names,
     }
 
 
+def _control(policy: DeployPolicy) -> dict[str, Any]:
+    """The control period, and how a controller drives the states (what a robot integrator needs to loop)."""
+    dt = policy.interface.cfg.dt if policy.interface is not None else None
+    return {
+        "dt": dt,
+        "rate_hz": (1.0 / dt) if dt else None,
+        "loop": (
+            "each step: feed every state output back as its input; on an episode's first step set reset = 1 "
+            "(states may then hold anything, zeros at start)"
+            if policy.slots
+            else "stateless: one call per step"
+        ),
+    }
+
+
 def _observation(policy: DeployPolicy, key: str, tensor: torch.Tensor) -> dict[str, Any]:
     model = policy.model
-    info = model.inputs[key]
+    info = policy.obs_inputs[key]
     entry = {
         "name": key,
         "shape": list(info.space.shape),
@@ -114,7 +137,20 @@ def _observation(policy: DeployPolicy, key: str, tensor: torch.Tensor) -> dict[s
         entry["high"] = _jsonable(info.space.high)
     if key == model.mask_key:
         entry["role"] = "action_mask"
+    interface = policy.interface
+    if interface is not None and key in interface.cfg.observations:
+        transform = interface.cfg.observations[key]
+        entry["transform"] = {**_transform(transform), "formula": "clip((x - offset) * scale, low, high)"}
+        entry["history"] = transform.history
+        if transform.names:
+            entry["names"] = list(transform.names)
     return entry
+
+
+def _transform(t) -> dict[str, Any]:
+    """scale, offset and clip bounds of an interface transform (lists: one value broadcasts)."""
+    clip = {"low": list(t.clip[0]), "high": list(t.clip[1])} if t.clip is not None else None
+    return {"scale": list(t.scale), "offset": list(t.offset), "clip": clip}
 
 
 def _action(policy: DeployPolicy, name: str, part) -> dict[str, Any]:
@@ -126,6 +162,15 @@ def _action(policy: DeployPolicy, name: str, part) -> dict[str, Any]:
         )
     else:
         entry["mapping"] = "argmax" if part.kind != "bernoulli" else "probability > 0.5"
+    interface = policy.interface
+    if interface is not None and interface.cfg.actions is not None:
+        robot = interface.action_space
+        entry["network"] = {"low": entry.pop("low"), "high": entry.pop("high")}  # the head's bounds, network units
+        entry.update({"space": describe_space(robot), "low": _jsonable(robot.low), "high": _jsonable(robot.high)})
+        formula = "clip(offset + scale * a, low, high)" if interface.cfg.actions.clip else "offset + scale * a"
+        entry["transform"] = {**_transform(interface.cfg.actions), "formula": formula + ", a the network's action"}
+        if interface.cfg.actions.names:
+            entry["names"] = list(interface.cfg.actions.names)
     return entry
 
 

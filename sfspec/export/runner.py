@@ -1,6 +1,8 @@
 """Run a policy bundle in a robot node: load it, ``reset()`` at mission start, ``act(obs)`` each tick.
 
-The runner holds the recurrent state itself, so a controller never needs to know its layout.
+The runner holds the policy's state itself (recurrent memory, observation histories, the last
+action), so a controller never needs to know its layout: ``reset`` marks rows whose next ``act``
+starts an episode, and the graph's own ``reset`` input does what each state needs.
 Backends: onnxruntime (``"onnx"``, the default: an ONNX model is data, not code) or TorchScript
 (``"torchscript"``: a program; choosing it means trusting whoever made the bundle). Neither needs
 sfspec's compiler or the spec's environment. The artifact's size and SHA-256 are checked against
@@ -45,24 +47,27 @@ class PolicyRunner:
         self.reset()
 
     def reset(self, rows: list[int] | None = None) -> None:
-        """Zero the memory of every row (mission start), or of the given rows only."""
+        """Start a new episode in every row (mission start), or in the given rows only, at the next ``act``."""
         if rows is None:
             self._states = [np.zeros([self.batch, *s["shape"][1:]], dtype=np.float32) for s in self.state]
+            self._starting = np.ones(self.batch, dtype=np.float32)
             return
         picked = np.asarray(rows, dtype=np.int64 if len(rows) == 0 else None)  # an empty list: nothing to reset
         if picked.dtype.kind not in "iu" or picked.ndim != 1 or ((picked < 0) | (picked >= self.batch)).any():
             raise ValueError(f"reset rows must be row indices in [0, {self.batch}), not {rows!r}")
         for s in self._states:
             s[picked] = 0.0
+        self._starting[picked] = 1.0
 
     def act(self, obs: Any) -> Any:
         """Actions for one observation batch: a dict (or, for a single input, an array) of raw values."""
-        out = self.run(self._feed(obs) + (self._states + [np.zeros(self.batch, np.float32)] if self.state else []))
+        out = self.run(self._feed(obs) + (self._states + [self._starting.copy()] if self.state else []))
         n_actions = len(self.meta["actions"])
         if self.validate:
             self._check_outputs(out)
         if self.state:
             self._states = [np.asarray(s) for s in out[n_actions : n_actions + len(self.state)]]
+            self._starting[:] = 0.0
         actions = out[:n_actions]
         if len(actions) == 1:
             return actions[0]

@@ -11,8 +11,7 @@ from sfspec.export.policy import DeployPolicy
 def _obs_sample(policy: DeployPolicy, batch: int, generator: torch.Generator, spread: float = 1.0) -> list:
     """Raw observations around the normaliser's statistics (or within the space for other kinds)."""
     out = []
-    for key in policy.obs_keys:
-        info = policy.model.inputs[key]
+    for key, info in policy.obs_inputs.items():
         space = info.space
         shape = (batch, *space.shape)
         if info.kind in ("discrete", "multi_discrete"):
@@ -25,13 +24,30 @@ def _obs_sample(policy: DeployPolicy, batch: int, generator: torch.Generator, sp
         elif space.dtype == np.uint8:
             out.append(torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8))
         else:
-            rms = policy.model.preprocessor.normalizer(key)
-            mean = rms.mean.reshape(space.shape) if rms is not None else torch.zeros(space.shape)
-            std = rms.var.sqrt().reshape(space.shape) if rms is not None else torch.ones(space.shape)
+            mean, std = _raw_statistics(policy, key, tuple(space.shape))
             low, high = _finite_bounds(space)
             x = mean + std * spread * torch.randn(shape, generator=generator)
             out.append(torch.minimum(torch.maximum(x, low), high).to(torch.float32))
     return out
+
+
+def _raw_statistics(policy: DeployPolicy, key: str, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of one input in the bundle's (raw) units, from its normaliser (0 and 1 without one).
+
+    Where the robot interface scales the input (and stacks it), the newest frame's statistics are
+    mapped back through ``(x - offset) * scale``.
+    """
+    rms = policy.model.preprocessor.normalizer(key)
+    if rms is None:
+        return torch.zeros(shape), torch.ones(shape)
+    mean, std = rms.mean.to(torch.float32), rms.var.sqrt().to(torch.float32)
+    interface = policy.interface
+    if interface is None or key not in interface.keys:
+        return mean.reshape(shape), std.reshape(shape)
+    size = interface.frame_sizes[key]
+    scale, offset = interface.constants(key)
+    mean = mean.reshape(-1)[-size:].reshape(shape) / scale + offset
+    return mean, (std.reshape(-1)[-size:].reshape(shape) / scale).abs()
 
 
 def _finite_bounds(space) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,8 +61,7 @@ def _edge_cases(policy: DeployPolicy) -> list[list]:
     cases = []
     for which in ("zeros", "low", "high", "large"):
         row = []
-        for key in policy.obs_keys:
-            info = policy.model.inputs[key]
+        for key, info in policy.obs_inputs.items():
             space = info.space
             if info.kind in ("discrete", "multi_discrete", "multi_binary") or space.dtype == np.uint8:
                 value = torch.zeros((1, *space.shape), dtype=_dtype_for(policy, key))
@@ -69,7 +84,7 @@ def _edge_cases(policy: DeployPolicy) -> list[list]:
 
 
 def _dtype_for(policy: DeployPolicy, key: str) -> torch.dtype:
-    info = policy.model.inputs[key]
+    info = policy.obs_inputs[key]
     if info.kind in ("discrete", "multi_discrete"):
         return torch.int64
     if info.kind == "multi_binary":
@@ -80,7 +95,7 @@ def _dtype_for(policy: DeployPolicy, key: str) -> torch.dtype:
 def _state_inputs(policy: DeployPolicy, batch: int, reset: torch.Tensor | None = None) -> list:
     if not policy.slots:
         return []
-    states = [torch.zeros(batch, s.layers, s.hidden) for s in policy.slots]
+    states = [torch.zeros(batch, *s.shape) for s in policy.slots]
     return states + [reset if reset is not None else torch.ones(batch, dtype=torch.float32)]
 
 
@@ -115,7 +130,7 @@ def parity_cases(
         batches.append(case + _state_inputs(policy, 1))
     if policy.slots:  # random non-zero states too
         obs = _obs_sample(policy, 64, gen)
-        states = [torch.randn(64, s.layers, s.hidden, generator=gen) * 0.5 for s in policy.slots]
+        states = [torch.randn(64, *s.shape, generator=gen) * 0.5 for s in policy.slots]
         batches.append(obs + states + [torch.zeros(64)])
     return [[t.numpy() for t in batch] for batch in _rebatch(batches, fixed_batch)]
 
@@ -128,7 +143,7 @@ def recurrent_rollout(policy: DeployPolicy, steps: int = 50, batch: int = 4, see
     """Per step inputs of a rollout fed back from the eager model's states, reset at the middle."""
     gen = torch.Generator().manual_seed(seed)
     n_obs, n_states = len(policy.obs_keys), len(policy.slots)
-    states = [torch.zeros(batch, s.layers, s.hidden) for s in policy.slots]
+    states = [torch.zeros(batch, *s.shape) for s in policy.slots]
     rows = []
     for t in range(steps):
         reset = torch.ones(batch) if t in (0, steps // 2) else torch.zeros(batch)

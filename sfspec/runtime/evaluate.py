@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from sfspec.compiler.interface_config import InterfaceConfig
 from sfspec.compiler.model import ActorCritic
 from sfspec.runtime.vec_env import make_env
 from sfspec.spec.config import EnvConfig
@@ -50,7 +51,8 @@ def evaluate(
         actions, memory["state"] = model.deterministic_actions(obs, state)
         return actions
 
-    return run_episodes(act, model.layout, env_cfg, episodes, seed, device, max_steps)
+    interface = model.robot_interface.cfg if model.robot_interface is not None else None
+    return run_episodes(act, model.layout, env_cfg, episodes, seed, device, max_steps, interface=interface)
 
 
 def run_episodes(
@@ -62,13 +64,15 @@ def run_episodes(
     device: torch.device,
     max_steps: int = 1_000_000,
     num_envs: int | None = None,
+    interface: InterfaceConfig | None = None,
 ) -> EvalResult:
     """Step fresh environments with ``act(obs, done_last_step)`` until ``episodes`` episodes finish.
 
-    ``num_envs`` defaults to ``min(episodes, env.num_envs)``; a fixed-batch bundle sets it.
+    ``num_envs`` defaults to ``min(episodes, env.num_envs)``; a fixed-batch bundle sets it. With an
+    ``interface``, ``act`` sees and chooses in the network's units (a bundle holds its interface: none).
     """
     num_envs = num_envs or min(episodes, EnvConfig.from_spec(env_cfg).num_envs)
-    env = make_env({**env_cfg, "num_envs": num_envs}, seed + EVAL_SEED_OFFSET, device)
+    env = make_env({**env_cfg, "num_envs": num_envs}, seed + EVAL_SEED_OFFSET, device, interface)
     try:
         obs = env.reset(seed=seed + EVAL_SEED_OFFSET)
         ep_return = torch.zeros(num_envs, device=device)

@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from sfspec.compiler.build import build_from_plan, compile_model
+from sfspec.compiler.interface_config import InterfaceConfig
 from sfspec.compiler.model import ActorCritic
 from sfspec.compiler.plan import ModelPlan
 from sfspec.io import atomic_write_text
@@ -144,7 +145,7 @@ def train(
     with locked_run_dir(run_dir):
         checkpoint = _open_run_dir(run_dir, spec, resume, spec_path, device)
         seed_everything(cfg.seed)
-        env = make_env(spec["env"], cfg.seed, device)
+        env = make_env(spec["env"], cfg.seed, device, InterfaceConfig.from_spec(spec))
         try:
             runner = Runner(spec, cfg, env, device, run_dir, smap, checkpoint, plan)
             return runner.run(RunLogger(run_dir, runner.total * runner.batch, runner.step, quiet, spec_name), on_log)

@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from sfspec.compiler.interface_config import InterfaceConfig
 from sfspec.compiler.spaces import ActionLayout, env_actions, flatten_space
 from sfspec.envs import catalogue
+from sfspec.runtime.interface import InterfaceAdapter
 from sfspec.runtime.robustness import RobustnessAdapter
 from sfspec.spec.config import EnvConfig
 
@@ -223,13 +225,14 @@ def _workers_ignore_ctrl_c(active: bool) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def make_env(env_cfg: dict, seed: int, device: torch.device) -> Any:
-    """The batched environment a spec's ``env`` section describes (with its noise and delays, if any)."""
+def make_env(env_cfg: dict, seed: int, device: torch.device, interface: InterfaceConfig | None = None) -> Any:
+    """The batched environment a spec's ``env`` section describes (with its noise and delays, if any), as
+    the network sees it through the spec's robot ``interface`` (``InterfaceConfig.from_spec(spec)``), if any."""
     cfg = EnvConfig.from_spec(env_cfg)
     env = _make_plain_env(cfg, device, seed)
-    if not cfg.robust:
-        return env
-    return RobustnessAdapter(env, cfg, seed)
+    if cfg.robust:  # the robot's own noise and delays, in robot units: inside the interface
+        env = RobustnessAdapter(env, cfg, seed)
+    return InterfaceAdapter(env, interface) if interface is not None else env
 
 
 def _make_plain_env(cfg: EnvConfig, device: torch.device, seed: int) -> TensorEnvAdapter | GymVectorAdapter:

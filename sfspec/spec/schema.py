@@ -18,6 +18,7 @@ from sfspec.compiler.config import (
     SHARE_WEIGHTS_PARAM,
     STD_PARAMS,
 )
+from sfspec.compiler.interface_config import INTERFACE_PARAMS
 from sfspec.compiler.registry import COMPONENT_REGISTRIES, LAYERS, LayerBuilder
 from sfspec.spec.config import ENV_PARAMS
 
@@ -238,6 +239,7 @@ def build_schema() -> dict:
             "model": _model_schema(),
             "train": train_schema(),
             "export": _export_schema(),
+            "interface": _interface_schema(),
         },
         "required": ["env", "model"],
         "additionalProperties": False,
@@ -262,7 +264,17 @@ def build_schema() -> dict:
     }
 
 
-_SECTIONS = {"env": _env_schema, "model": _model_schema, "train": train_schema, "export": _export_schema}
+def _interface_schema() -> dict:
+    return _obj(INTERFACE_PARAMS, description="between the network and a robot: units, history, last action")
+
+
+_SECTIONS = {
+    "env": _env_schema,
+    "model": _model_schema,
+    "train": train_schema,
+    "export": _export_schema,
+    "interface": _interface_schema,
+}
 
 
 def section_keys() -> dict[str, list[str]]:
