@@ -90,7 +90,16 @@ def test_recurrent_bundle_names_state_and_resets(cli, write_spec, tmp_path):
     assert cli("export", spec, "--out", str(bundle), "--formats", "onnx,torchscript").code == 0
     meta = json.loads((bundle / "policy.json").read_text())
     assert meta["inputs"] == ["obs", "h_in", "reset"] and meta["outputs"] == ["action", "h_out"]
-    assert meta["state"] == [{"input": "h_in", "output": "h_out", "shape": ["batch", 2, 6]}]
+    assert meta["state"] == [
+        {
+            "input": "h_in",
+            "output": "h_out",
+            "shape": ["batch", 2, 6],
+            "kind": "recurrent",
+            "initial": "zeros",
+            "on_reset": "zeros",
+        }
+    ]
     golden = np.load(bundle / "golden_io.npz")
     resets = golden["rollout/in/reset"]
     assert resets.shape[0] == 50 and resets[25].all() and not resets[24].any()
@@ -139,9 +148,9 @@ def test_deploy_policy_computes_what_the_model_computes(name):
     model = compile_model({"model": DEPLOY_MODELS[name]}, obs_space, act_space)
     model.preprocessor.update({"obs": torch.randn(100, 4) * 2.0 + 1.0})
     policy = DeployPolicy(model, with_value=True).eval()
-    assert [s.start for s in policy.slots] == sorted(s.start for s in policy.slots)
+    assert [s.start for s in policy.model_slots] == sorted(s.start for s in policy.model_slots)
     state = model.initial_state(3)
-    named = [torch.zeros(3, s.layers, s.hidden) for s in policy.slots]
+    named = [torch.zeros(3, s.layers, s.hidden) for s in policy.model_slots]
     with torch.no_grad():
         for t in range(5):
             obs = torch.randn(3, 4) * 3.0
