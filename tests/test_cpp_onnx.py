@@ -8,6 +8,7 @@ what to install, where no compiler or no ONNX Runtime headers are present: they 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -20,8 +21,27 @@ from sfspec.cli import main
 
 CPP = Path(__file__).resolve().parent.parent / "examples" / "cpp"
 MISSING = 3  # build_onnx.sh's exit status when the headers or the library are not found
-# A recurrent policy with a discrete action: float states carried step to step, integer actions compared exactly.
-SPEC = "env: {id: CartPole-v1}\nmodel: {core: [lstm: {hidden: 6, layers: 2}]}\n"
+# Tiny recurrent bundles carrying every kind of state a robot loop feeds back: LSTM h/c, an observation
+# history and the last action (a float action); and LSTM h/c with a history under a discrete action
+# (integer outputs, compared exactly).
+SPECS = {
+    "robot": """\
+env: {id: Pendulum-v1}
+interface:
+  observations: {obs: {history: 3, scale: 0.5}}
+  last_action: true
+  actions: {scale: 2.0}
+model:
+  encoder: {inputs: {obs: [linear: 8], last_action: [linear: 4]}}
+  core: [lstm: {hidden: 5}]
+  actor: {observe: [obs, last_action]}
+""",
+    "discrete": """\
+env: {id: CartPole-v1}
+interface: {observations: {obs: {history: 2}}}
+model: {core: [lstm: {hidden: 6, layers: 2}]}
+""",
+}
 
 pytestmark = pytest.mark.slow  # a C++ build (cached between runs) and an export
 
@@ -53,7 +73,9 @@ def onnx_replay_binary(request, tmp_path_factory) -> Path:
     if not (built / "replay_onnx").exists():
         partial = folder / f"{built.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        build = subprocess.run(["bash", str(CPP / "build_onnx.sh"), str(partial / "replay_onnx")], capture_output=True, text=True)
+        build = subprocess.run(
+            ["bash", str(CPP / "build_onnx.sh"), str(partial / "replay_onnx")], capture_output=True, text=True
+        )
         if build.returncode == MISSING:
             pytest.skip(" ".join(build.stderr.split()))  # names the install command
         assert build.returncode == 0, build.stderr[-3000:]
@@ -63,12 +85,19 @@ def onnx_replay_binary(request, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recurrent_bundle(tmp_path_factory) -> Path:
-    """A tiny LSTM CartPole bundle with policy.onnx only (read-only: copy it before changing it)."""
-    root = tmp_path_factory.mktemp("onnx_bundle")
-    (root / "spec.yaml").write_text(SPEC)
-    assert main(["export", str(root / "spec.yaml"), "--out", str(root / "bundle"), "--formats", "onnx"]) == 0
-    return root / "bundle"
+def bundles(tmp_path_factory):
+    """Export a bundle of SPECS by name on first use, policy.onnx only (read-only: copy one before changing it)."""
+    root, made = tmp_path_factory.mktemp("onnx_bundles"), {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            (root / f"{name}.yaml").write_text(SPECS[name])
+            out = root / name
+            assert main(["export", str(root / f"{name}.yaml"), "--out", str(out), "--formats", "onnx"]) == 0
+            made[name] = out
+        return made[name]
+
+    return get
 
 
 def _replay(binary: Path, bundle: Path) -> subprocess.CompletedProcess:
@@ -86,19 +115,31 @@ def _tampered(bundle: Path, tmp_path: Path, change) -> Path:
     return copy
 
 
-def test_onnx_runtime_cpp_program_replays_a_recurrent_bundle_closed_loop(onnx_replay_binary, recurrent_bundle):
-    """The golden batch and the 50-step rollout, each state fed from the program's own previous output, match."""
-    run = _replay(onnx_replay_binary, recurrent_bundle)
+@pytest.mark.parametrize(
+    ("name", "outputs", "states"),
+    [
+        ("robot", "action h_out c_out obs_history_out last_action_out", 4),
+        ("discrete", "action h_out c_out obs_history_out", 3),
+    ],
+    ids=["robot", "discrete"],
+)
+def test_onnx_runtime_cpp_program_replays_a_recurrent_bundle_closed_loop(
+    onnx_replay_binary, bundles, name, outputs, states
+):
+    """The golden batch and the 50-step rollout, every state fed from the program's own previous output, match."""
+    bundle = bundles(name)
+    assert " ".join(json.loads((bundle / "policy.json").read_text())["outputs"]) == outputs  # the states it carries
+    run = _replay(onnx_replay_binary, bundle)
     assert run.returncode == 0, run
     lines = run.stdout.splitlines()
     assert lines[0].startswith("onnxruntime ")
-    assert lines[1].startswith("golden batch: outputs 3 ") and lines[1].endswith(" ok"), run.stdout
-    assert lines[2].startswith("rollout (closed loop): steps 50 states 2 ") and lines[2].endswith(" ok"), run.stdout
+    assert lines[1].startswith(f"golden batch: outputs {len(outputs.split())} ") and lines[1].endswith(" ok"), lines
+    assert lines[2].startswith(f"rollout (closed loop): steps 50 states {states} ") and lines[2].endswith(" ok"), lines
     assert lines[-1] == "ok"
 
 
-def _nudge_batch_state(golden: dict) -> None:
-    golden["batch/out/c_out"][3, 1, 2] += 0.01
+def _nudge_last_action(golden: dict) -> None:
+    golden["batch/out/last_action_out"][3, 0] += 0.01
 
 
 def _flip_late_action(golden: dict) -> None:
@@ -107,30 +148,28 @@ def _flip_late_action(golden: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    ("change", "reported"),
+    ("name", "change", "reported"),
     [
-        (_nudge_batch_state, "golden batch: c_out: 1 values off"),
-        (_flip_late_action, "rollout step 40: action: 1 of 4 discrete values differ"),
+        ("robot", _nudge_last_action, "golden batch: last_action_out: 1 values off"),
+        ("discrete", _flip_late_action, "rollout step 40: action: 1 of 4 discrete values differ"),
     ],
-    ids=["continuous_state_in_the_golden_batch", "discrete_action_late_in_the_rollout"],
+    ids=["float_state_in_the_golden_batch", "discrete_action_late_in_the_rollout"],
 )
-def test_onnx_replay_fails_on_a_tampered_golden_output(onnx_replay_binary, recurrent_bundle, tmp_path, change, reported):
+def test_onnx_replay_fails_on_a_tampered_golden_output(onnx_replay_binary, bundles, tmp_path, name, change, reported):
     """A wrong expectation is caught and named (exit 1), a float off by 0.01 and an integer off by one alike."""
-    run = _replay(onnx_replay_binary, _tampered(recurrent_bundle, tmp_path, change))
+    run = _replay(onnx_replay_binary, _tampered(bundles(name), tmp_path, change))
     assert run.returncode == 1, run
     assert reported in run.stdout and run.stdout.splitlines()[-1] == "MISMATCH", run.stdout
 
 
-def test_onnx_replay_feeds_back_its_own_states_not_the_recorded_state_inputs(
-    onnx_replay_binary, recurrent_bundle, tmp_path
-):
-    """Garbage in the rollout's recorded h_in/c_in changes nothing: a controller never sees those."""
+def test_onnx_replay_feeds_back_its_own_states_not_the_recorded_state_inputs(onnx_replay_binary, bundles, tmp_path):
+    """Garbage in the rollout's recorded state inputs changes nothing: a controller never sees those."""
 
     def garble_states(golden: dict) -> None:
-        for name in ("h_in", "c_in"):
-            golden[f"rollout/in/{name}"][:] = 100.0
+        for state in ("h_in", "c_in", "obs_history_in", "last_action_in"):
+            golden[f"rollout/in/{state}"][:] = 100.0
 
-    run = _replay(onnx_replay_binary, _tampered(recurrent_bundle, tmp_path, garble_states))
+    run = _replay(onnx_replay_binary, _tampered(bundles("robot"), tmp_path, garble_states))
     assert run.returncode == 0 and run.stdout.splitlines()[-1] == "ok", run
 
 
@@ -140,7 +179,7 @@ def _move_an_observation(golden: dict) -> None:
 
 def _drop_the_mid_rollout_reset(golden: dict) -> None:
     assert golden["rollout/in/reset"][25].all()  # the exporter resets every row at the middle step
-    golden["rollout/in/reset"][25] = 0.0
+    golden["rollout/in/reset"][25] = 0
 
 
 @pytest.mark.parametrize(
@@ -149,19 +188,19 @@ def _drop_the_mid_rollout_reset(golden: dict) -> None:
     ids=["observation", "reset"],
 )
 def test_onnx_replay_feeds_observations_and_reset_from_the_golden_inputs(
-    onnx_replay_binary, recurrent_bundle, tmp_path, change, first_step
+    onnx_replay_binary, bundles, tmp_path, change, first_step
 ):
     """A changed observation or a dropped reset makes the outputs differ from that step on: both are fed."""
-    run = _replay(onnx_replay_binary, _tampered(recurrent_bundle, tmp_path, change))
+    run = _replay(onnx_replay_binary, _tampered(bundles("robot"), tmp_path, change))
     assert run.returncode == 1 and run.stdout.splitlines()[-1] == "MISMATCH", run
     first = next(line for line in run.stdout.splitlines() if line.startswith("  rollout step "))
     assert first.startswith(f"  rollout step {first_step}: "), run.stdout
 
 
-def test_onnx_replay_refuses_a_compressed_golden_file_with_a_clear_error(onnx_replay_binary, recurrent_bundle, tmp_path):
+def test_onnx_replay_refuses_a_compressed_golden_file_with_a_clear_error(onnx_replay_binary, bundles, tmp_path):
     """np.savez_compressed output is named as such (exit 1), not misread."""
     copy = tmp_path / "compressed"
-    shutil.copytree(recurrent_bundle, copy)
+    shutil.copytree(bundles("robot"), copy)
     with np.load(copy / "golden_io.npz", allow_pickle=False) as npz:
         golden = {key: npz[key] for key in npz.files}
     np.savez_compressed(copy / "golden_io.npz", **golden)
@@ -169,14 +208,10 @@ def test_onnx_replay_refuses_a_compressed_golden_file_with_a_clear_error(onnx_re
     assert run.returncode == 1 and "is compressed (np.savez_compressed)" in run.stderr, run
 
 
-def test_onnx_replay_refuses_a_contract_that_names_an_input_the_graph_lacks(
-    onnx_replay_binary, recurrent_bundle, tmp_path
-):
+def test_onnx_replay_refuses_a_contract_that_names_an_input_the_graph_lacks(onnx_replay_binary, bundles, tmp_path):
     """policy.json and policy.onnx must agree on the inputs a robot feeds; a mismatch is an error (exit 1)."""
-    import json
-
     copy = tmp_path / "renamed"
-    shutil.copytree(recurrent_bundle, copy)
+    shutil.copytree(bundles("robot"), copy)
     meta = json.loads((copy / "policy.json").read_text())
     meta["inputs"] = ["observation" if name == "obs" else name for name in meta["inputs"]]
     (copy / "policy.json").write_text(json.dumps(meta))
