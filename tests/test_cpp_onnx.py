@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,9 @@ def onnx_replay_binary(request, tmp_path_factory) -> Path:
     if not (built / "replay_onnx").exists():
         partial = folder / f"{built.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        build = subprocess.run(
-            ["bash", str(CPP / "build_onnx.sh"), str(partial / "replay_onnx")], capture_output=True, text=True
-        )
+        command = ["bash", str(CPP / "build_onnx.sh"), str(partial / "replay_onnx")]
+        env = {**os.environ, "PYTHON": os.environ.get("PYTHON", sys.executable)}  # this interpreter's onnxruntime
+        build = subprocess.run(command, capture_output=True, text=True, env=env)
         if build.returncode == MISSING:
             pytest.skip(" ".join(build.stderr.split()))  # names the install command
         assert build.returncode == 0, build.stderr[-3000:]

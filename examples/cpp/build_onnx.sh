@@ -18,11 +18,11 @@ cxx="${CXX:-g++}"
 
 missing() {
   cat >&2 <<EOF
-build_onnx.sh: $1 not found.
-  Debian 13 (trixie) or later:  apt-get install libonnxruntime-dev
-  elsewhere: point ONNXRUNTIME_INCLUDE_DIR at the folder holding onnxruntime_cxx_api.h (and, unless
-  'pip install onnxruntime' provides the library, ONNXRUNTIME_LIB_DIR at the one holding libonnxruntime.so),
-  or ONNXRUNTIME_ROOT at an unpacked ONNX Runtime release. See examples/cpp/README.md.
+build_onnx.sh: $1 not found. To get it:
+  - Debian 13 or later: apt-get install libonnxruntime-dev;
+  - Debian 12: the headers of Debian 13's libonnxruntime-dev, unpacked (examples/cpp/README.md says how);
+  - anywhere: ONNXRUNTIME_INCLUDE_DIR=<folder with onnxruntime_cxx_api.h> and ONNXRUNTIME_LIB_DIR=<folder with
+    libonnxruntime.so*> ('pip install onnxruntime' provides the library), or ONNXRUNTIME_ROOT=<an unpacked release>.
 EOF
   exit 3
 }
@@ -54,7 +54,8 @@ find_library() {
   if pkg-config --exists libonnxruntime 2>/dev/null; then
     candidates+=("$(pkg-config --variable=libdir libonnxruntime)")
   fi
-  candidates+=("$(${PYTHON:-python3} -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))' 2>/dev/null || true)")
+  local wheel='import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))'
+  candidates+=("$("${PYTHON:-python3}" -c "$wheel" 2>/dev/null || true)")
   local dir
   for dir in "${candidates[@]}"; do
     if has_library "$dir"; then echo "$dir"; return; fi

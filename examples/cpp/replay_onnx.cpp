@@ -312,18 +312,25 @@ std::string header_field(const std::string& header, const std::string& key) {
   if (at == std::string::npos) fail("no '" + key + "'");
   at = header.find_first_not_of(' ', at + key.size() + 3);
   if (at == std::string::npos) fail("no value for '" + key + "'");
-  size_t end = header[at] == '(' ? header.find(')', at) + 1 : header[at] == '\'' ? header.find('\'', at + 1) + 1
-                                                                                 : header.find_first_of(",}", at);
+  size_t end;  // one past the value
+  if (header[at] == '(' || header[at] == '\'') {
+    end = header.find(header[at] == '(' ? ')' : '\'', at + 1);
+    end = end == std::string::npos ? end : end + 1;
+  } else {
+    end = header.find_first_of(",}", at);
+  }
+  if (end == std::string::npos) fail("bad value for '" + key + "'");
   return header.substr(at, end - at);
 }
 
 Tensor parse_npy(const char* data, size_t size) {
-  if (size < 10 || std::memcmp(data, "\x93NUMPY", 6) != 0) fail("not a .npy array");
   const auto* u = reinterpret_cast<const unsigned char*>(data);
-  size_t header_len = u[6] == 1 ? u[8] | (u[9] << 8) : u[8] | (u[9] << 8) | (u[10] << 16) | (size_t(u[11]) << 24);
-  size_t start = (u[6] == 1 ? 10 : 12) + header_len;
+  size_t prefix = size >= 8 && u[6] == 1 ? 10 : 12;  // format 1.0: a 2-byte header length; 2.0 and 3.0: 4 bytes
+  if (size < prefix || std::memcmp(data, "\x93NUMPY", 6) != 0) fail("not a .npy array");
+  size_t header_len = u[8] | (u[9] << 8) | (prefix == 12 ? (u[10] << 16) | (size_t(u[11]) << 24) : 0);
+  size_t start = prefix + header_len;
   if (start > size) fail("truncated .npy header");
-  std::string header(data + (u[6] == 1 ? 10 : 12), header_len);
+  std::string header(data + prefix, header_len);
   std::string descr = header_field(header, "descr");
   if (header_field(header, "fortran_order") != "False") fail("Fortran-ordered arrays are not supported");
   Tensor t;
@@ -338,7 +345,8 @@ Tensor parse_npy(const char* data, size_t size) {
     i = end + 1;
   }
   size_t nbytes = t.count() * dtype_of(t.type).size;
-  if (size - start != nbytes) fail("holds " + std::to_string(size - start) + " bytes, its header says " + std::to_string(nbytes));
+  if (size - start != nbytes)
+    fail("holds " + std::to_string(size - start) + " bytes, its header says " + std::to_string(nbytes));
   t.bytes.assign(data + start, data + size);
   return t;
 }
@@ -421,6 +429,8 @@ const Tensor& golden_array(const std::map<std::string, Tensor>& golden, const st
 
 // Step t of a rollout array stacked over steps: (steps, batch, ...) -> (batch, ...).
 Tensor step_of(const Tensor& stacked, int64_t t) {
+  if (stacked.shape.empty() || t >= stacked.shape[0])
+    fail("golden_io.npz: a rollout array has fewer steps than the rollout");
   Tensor out;
   out.type = stacked.type;
   out.shape.assign(stacked.shape.begin() + 1, stacked.shape.end());
@@ -588,10 +598,14 @@ void check_outputs(Report& report, const std::string& label, const Contract& c, 
     const Tensor& stacked = golden_array(golden, prefix + "/out/" + name);
     Tensor want = t < 0 ? stacked : step_of(stacked, t);
     auto noise_it = golden.find(prefix + "/noise/" + name);
+    if (noise_it != golden.end() && (noise_it->second.count() != 1 || !is_floating(noise_it->second.type)))
+      fail("golden_io.npz: " + prefix + "/noise/" + name + " is not one number");
     double noise = noise_it == golden.end() ? 0.0 : value_at(noise_it->second, 0);
     auto tie_it = golden.find(prefix + "/tie/" + name);
     Tensor ties;
     if (tie_it != golden.end()) ties = t < 0 ? tie_it->second : step_of(tie_it->second, t);
+    if (tie_it != golden.end() && ties.shape != want.shape)
+      fail("golden_io.npz: " + prefix + "/tie/" + name + " does not match " + prefix + "/out/" + name);
     compare(report, label + ": " + name, got[i], want, noise, tie_it == golden.end() ? nullptr : &ties);
   }
 }
@@ -633,8 +647,8 @@ Report replay_rollout(Policy& policy, const Contract& c, const std::map<std::str
   Report report;
   for (int64_t t = 0; t < *steps; ++t) {
     std::map<std::string, Tensor> feed = state;
-    for (const auto& name : c.inputs)
-      if (!state.count(name)) feed[name] = step_of(golden_array(golden, "rollout/in/" + name), t);  // observations, reset
+    for (const auto& name : c.inputs)  // observations and reset: from the golden data
+      if (!state.count(name)) feed[name] = step_of(golden_array(golden, "rollout/in/" + name), t);
     std::vector<Tensor> out = policy.run(feed);
     check_outputs(report, "rollout step " + std::to_string(t), c, out, golden, "rollout", t);
     for (const auto& link : c.states) {
