@@ -218,3 +218,34 @@ def test_onnx_replay_refuses_a_contract_that_names_an_input_the_graph_lacks(onnx
     (copy / "policy.json").write_text(json.dumps(meta))
     run = _replay(onnx_replay_binary, copy)
     assert run.returncode == 1 and "policy.json lists input observation, which policy.onnx lacks" in run.stderr, run
+
+
+def _with_bool_reset(bundle: Path, tmp_path: Path) -> Path:
+    """A copy whose graph takes ``reset`` as bool (cast to float inside), as a bundle may declare it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    copy = tmp_path / "bool_reset"
+    shutil.copytree(bundle, copy)
+    model = onnx.load(copy / "policy.onnx")
+    for node in model.graph.node:
+        node.input[:] = ["reset_as_float" if name == "reset" else name for name in node.input]
+    next(x for x in model.graph.input if x.name == "reset").type.tensor_type.elem_type = TensorProto.BOOL
+    model.graph.node.insert(0, helper.make_node("Cast", ["reset"], ["reset_as_float"], to=TensorProto.FLOAT))
+    onnx.checker.check_model(model)
+    onnx.save(model, copy / "policy.onnx")
+    return copy
+
+
+def test_onnx_replay_feeds_reset_in_the_element_type_the_graph_declares(onnx_replay_binary, bundles, tmp_path):
+    """A bool reset is fed as bool from bool golden data; golden data of another type than the graph's is an error."""
+    graph_takes_bool = _with_bool_reset(bundles("robot"), tmp_path)
+    mismatched = _replay(onnx_replay_binary, graph_takes_bool)
+    assert mismatched.returncode == 1 and "input reset: the data is float32, the graph takes bool" in mismatched.stderr
+
+    def bool_reset(golden: dict) -> None:
+        for group in ("batch", "rollout"):
+            golden[f"{group}/in/reset"] = golden[f"{group}/in/reset"].astype(bool)
+
+    run = _replay(onnx_replay_binary, _tampered(graph_takes_bool, tmp_path / "both", bool_reset))
+    assert run.returncode == 0 and run.stdout.splitlines()[-1] == "ok", run
