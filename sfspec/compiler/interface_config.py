@@ -184,6 +184,12 @@ def _observation_bounds(entry: ObservationInterface, leaf: Any) -> tuple[np.ndar
     return np.nan_to_num(np.minimum(a, b), nan=-np.inf), np.nan_to_num(np.maximum(a, b), nan=np.inf)
 
 
+def _float32(values: np.ndarray) -> np.ndarray:
+    """Bounds as float32: beyond its range is unbounded (a huge raw bound times a scale)."""
+    limit = np.finfo(np.float32).max
+    return np.where(np.abs(values) > limit, np.sign(values) * np.inf, values).astype(np.float32)
+
+
 def policy_spaces(cfg: InterfaceConfig | None, obs_space: Any, action_space: Any) -> tuple[Any, Any]:
     """The (observation, action) spaces the network sees: network units, histories stacked, the last action added."""
     from gymnasium import spaces
@@ -194,19 +200,14 @@ def policy_spaces(cfg: InterfaceConfig | None, obs_space: Any, action_space: Any
         return obs_space, action_space
     if cfg.actions is not None:
         low, high = network_action_bounds(cfg.actions, action_space)
-        action_space = spaces.Box(
-            low.astype(np.float32).reshape(action_space.shape),
-            high.astype(np.float32).reshape(action_space.shape),
-            dtype=np.float32,
-        )
+        shape = action_space.shape
+        action_space = spaces.Box(_float32(low).reshape(shape), _float32(high).reshape(shape), dtype=np.float32)
     leaves = dict(flatten_space(obs_space))
     for key, entry in cfg.observations.items():
         low, high = _observation_bounds(entry, leaves[key])
         shape = tuple(leaves[key].shape) if entry.history == 1 else (entry.history * low.size,)
         low, high = np.tile(low, entry.history), np.tile(high, entry.history)
-        leaves[key] = spaces.Box(
-            low.reshape(shape).astype(np.float32), high.reshape(shape).astype(np.float32), dtype=np.float32
-        )
+        leaves[key] = spaces.Box(_float32(low).reshape(shape), _float32(high).reshape(shape), dtype=np.float32)
     if cfg.last_action:
         leaves[LAST_ACTION] = spaces.Box(action_space.low.ravel(), action_space.high.ravel(), dtype=np.float32)
     if list(leaves) == [OBS_KEY]:
