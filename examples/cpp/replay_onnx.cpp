@@ -468,6 +468,11 @@ Contract read_contract(const std::string& dir) {
       fail("state " + link.input + " starts as '" + initial->text + "'; this example starts every state at zeros");
     if (const Json* shape = entry.find("shape"))
       for (const auto& d : shape->items) link.shape.push_back(d.kind == Json::kNumber ? int64_t(d.number) : -1);
+    auto listed = [](const std::vector<std::string>& names, const std::string& name) {
+      return std::find(names.begin(), names.end(), name) != names.end();
+    };
+    if (!listed(c.inputs, link.input) || !listed(c.outputs, link.output))
+      fail("policy.json: state " + link.input + " -> " + link.output + " is not among its inputs and outputs");
     c.states.push_back(link);
   }
   return c;
@@ -652,8 +657,7 @@ Report replay_rollout(Policy& policy, const Contract& c, const std::map<std::str
     std::vector<Tensor> out = policy.run(feed);
     check_outputs(report, "rollout step " + std::to_string(t), c, out, golden, "rollout", t);
     for (const auto& link : c.states) {
-      size_t i = std::find(c.outputs.begin(), c.outputs.end(), link.output) - c.outputs.begin();
-      if (i == c.outputs.size()) fail("policy.json's state output " + link.output + " is not among its outputs");
+      size_t i = std::find(c.outputs.begin(), c.outputs.end(), link.output) - c.outputs.begin();  // checked on reading
       state[link.input] = out[i];
     }
   }
