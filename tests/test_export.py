@@ -95,6 +95,7 @@ def test_recurrent_bundle_names_state_and_resets(cli, write_spec, tmp_path):
             "input": "h_in",
             "output": "h_out",
             "shape": ["batch", 2, 6],
+            "dtype": "float32",
             "kind": "recurrent",
             "initial": "zeros",
             "on_reset": "zeros",

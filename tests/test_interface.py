@@ -239,3 +239,46 @@ def test_history_applies_to_vector_inputs(cli, tmp_path) -> None:
     result = cli("validate", write_yaml(tmp_path, spec))
     assert result.code == 2 and "interface.observations.obs:" in result.err, result.err
     assert "float (Box) inputs only" in result.err or "history stacks vector" in result.err
+
+
+def test_a_gymnasium_env_trains_through_the_interface_and_its_bundle_scores_alike(cli, tmp_path) -> None:
+    """The interface wraps gymnasium vector envs too (host copies); the bundle on the raw env scores the same."""
+    spec = {
+        "env": {"id": "Pendulum-v1", "num_envs": 2},
+        "interface": {
+            "observations": {"obs": {"scale": [1.0, 1.0, 0.125], "history": 2}},
+            "last_action": True,
+            "actions": {"scale": 2.0},
+        },
+        "model": {"encoder": [{"linear": 16}, "tanh"]},
+        "train": {"steps": 128, "rollout": 16},
+    }
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    assert cli("train", write_yaml(tmp_path, spec), "--run-dir", str(run), "--quiet").code == 0
+    assert cli("export", str(run), "--out", str(bundle), "--formats", "onnx").code == 0
+    of_run, of_bundle = (json.loads(cli("eval", str(p), "--episodes", "2", "--json").out) for p in (run, bundle))
+    assert of_run["return_mean"] == pytest.approx(of_bundle["return_mean"], abs=1e-3)
+
+
+def test_video_recording_runs_one_episode_through_the_interface(tmp_path, monkeypatch) -> None:
+    """``eval --video`` steps a rendering env through the same adapters (MoviePy itself is optional)."""
+    import gymnasium as gym
+
+    from sfspec.runtime.evaluate import record_video
+
+    steps: list[int] = []
+
+    class CountingRecorder(gym.Wrapper):  # stands in for RecordVideo: counts the recorded episode's steps
+        def __init__(self, env, folder, episode_trigger, disable_logger):
+            super().__init__(env)
+            assert episode_trigger(0) and not episode_trigger(1)
+
+        def step(self, action):
+            steps.append(1)
+            return self.env.step(action)
+
+    monkeypatch.setattr(gym.wrappers, "RecordVideo", CountingRecorder)
+    spec = {**PENDULUM, "env": {"id": "Pendulum-v1", "num_envs": 1}}
+    model, _ = _model_and_config(tmp_path, spec)
+    assert record_video(model, spec["env"], tmp_path / "video", 0, torch.device("cpu")) == tmp_path / "video"
+    assert len(steps) == 200  # one whole episode of Pendulum-v1

@@ -93,6 +93,7 @@ def _layout(policy: DeployPolicy, example: tuple) -> dict[str, Any]:
                 "input": f"{s.name}_in",
                 "output": f"{s.name}_out",
                 "shape": [BATCH_AXIS, *s.shape],
+                "dtype": "float32",
                 "kind": s.kind,
                 "initial": "zeros",
                 "on_reset": s.on_reset,
@@ -155,6 +156,7 @@ def _transform(t) -> dict[str, Any]:
 
 def _action(policy: DeployPolicy, name: str, part) -> dict[str, Any]:
     entry = {"name": name, "space": describe_space(part.space), "kind": part.kind, "shape": list(part.space.shape)}
+    entry["dtype"] = "float32" if part.kind == "gaussian" else "int64"  # as DeployPolicy returns them
     if part.kind == "gaussian":
         bounds = policy.head.bounds
         entry.update(

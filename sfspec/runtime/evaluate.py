@@ -101,37 +101,34 @@ def run_episodes(
 
 
 def record_video(model: ActorCritic, env_cfg: dict, out_dir: Path, seed: int, device: torch.device) -> Path:
-    """Record one deterministic episode to an MP4 where the environment renders (gymnasium envs)."""
+    """Record one deterministic episode to an MP4 where the environment renders (gymnasium envs).
+
+    The episode runs through the same adapters as training (and the spec's robot interface, if any).
+    """
     import gymnasium as gym
+    from gymnasium.vector import AutoresetMode, SyncVectorEnv
     from gymnasium.wrappers import RecordVideo
 
-    from sfspec.compiler.spaces import env_actions
-    from sfspec.runtime.vec_env import flatten_obs
+    from sfspec.runtime.interface import InterfaceAdapter
+    from sfspec.runtime.vec_env import GymVectorAdapter
 
-    env = RecordVideo(
-        gym.make(env_cfg["id"], render_mode="rgb_array", **env_cfg.get("kwargs", {})),
-        str(out_dir),
-        episode_trigger=lambda _: True,
-        disable_logger=True,
-    )
-    keys = list(model.inputs)
+    def make() -> gym.Env:
+        env = gym.make(env_cfg["id"], render_mode="rgb_array", **env_cfg.get("kwargs", {}))
+        return RecordVideo(env, str(out_dir), episode_trigger=lambda episode: episode == 0, disable_logger=True)
+
+    vector = SyncVectorEnv([make], autoreset_mode=AutoresetMode.SAME_STEP)
+    env = GymVectorAdapter(vector, env_cfg["id"], device)
+    if model.robot_interface is not None:
+        env = InterfaceAdapter(env, model.robot_interface.cfg)
     try:
-        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET)
+        obs = env.reset(seed=seed + EVAL_SEED_OFFSET)
         state = model.initial_state(1, device)
-        done = False
-        while not done:
-            batch = {k: torch.as_tensor(v).unsqueeze(0).to(device) for k, v in flatten_obs(obs, keys).items()}
-            actions, state = model.deterministic_actions(batch, state)
-            action = env_actions(actions.cpu().numpy(), model.layout)
-            action = action[0] if not isinstance(action, (dict, tuple)) else _first(action)
-            obs, _, terminated, truncated, _ = env.step(action)
-            done = terminated or truncated
+        while True:
+            actions, state = model.deterministic_actions(obs, state)
+            step = env.step(actions, model.layout)
+            if bool(step.terminated[0] or step.truncated[0]):
+                break
+            obs = step.obs
     finally:
         env.close()
     return out_dir
-
-
-def _first(batched):
-    if isinstance(batched, dict):
-        return {k: v[0] for k, v in batched.items()}
-    return tuple(v[0] for v in batched)
