@@ -24,7 +24,7 @@ A2C_PARAMS = {
 class A2C:
     """Advantage actor-critic: one rollout, one gradient step (the whole module a new algorithm needs)."""
 
-    def __init__(self, model, env, train, device):
+    def __init__(self, model, env, train, device, comm=None):  # comm: a single-process example ignores it
         self.model, self.device, self.num_envs = model, device, env.num_envs
         self.cfg = TrainConfig.from_spec({"train": {k: v for k, v in train.items() if k != "a2c_entropy"}})
         self.entropy = train.get("a2c_entropy", A2C_PARAMS["a2c_entropy"]["default"])

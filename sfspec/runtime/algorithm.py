@@ -5,8 +5,14 @@ Adding an algorithm is one module (a class with the ``Algorithm`` methods) and o
 
     register_algorithm("sac", params={"tau": {"type": "number", "default": 0.005}, ...}, make=SAC)
 
-``make(model, env, train, device)`` builds it for a compiled model and a batched env; ``train``
+``make(model, env, train, device, comm)`` builds it for a compiled model and a batched env; ``train``
 is the spec's ``train:`` mapping as written (the algorithm resolves its own defaults from ``params``).
+``comm`` is the communicator of a data-parallel run (``sfspec.runtime.distributed``: ``NoComm`` for
+one process): an algorithm that supports torchrun reduces what it must at its own synchronisation
+points (PPO: gradients, advantage statistics, KL, normalisers, episode statistics), counts
+``steps_per_iteration`` over all ranks and names in ``local_keys`` the ``state_dict()`` keys that
+differ between ranks (checkpoints keep one copy of those per rank). One that does not refuses
+``comm.world_size > 1``.
 """
 
 from __future__ import annotations
@@ -22,13 +28,15 @@ if TYPE_CHECKING:
     import torch
 
     from sfspec.compiler.model import ActorCritic
+    from sfspec.runtime.distributed import NoComm
 
 
 class Algorithm(Protocol):
     """What the runner needs of an algorithm; it owns its storage, optimiser, normalisers and carry-over."""
 
-    steps_per_iteration: int  # environment steps one iteration takes (all envs together)
+    steps_per_iteration: int  # environment steps one iteration takes (all envs of all ranks together)
     total_iterations: int  # iterations in the spec's budget
+    local_keys: tuple[str, ...]  # state_dict() keys that differ between ranks (optional; default none)
 
     def start(self, obs: dict[str, torch.Tensor]) -> None:
         """Begin from the environments' first observations (after reset or restore)."""
@@ -55,7 +63,7 @@ class AlgorithmEntry:
 
     name: str
     params: dict  # JSON Schema properties of its own train: keys, with defaults
-    make: Callable[..., Algorithm]  # make(model, env, train, device)
+    make: Callable[..., Algorithm]  # make(model, env, train, device, comm)
     description: str = ""
 
 
@@ -71,15 +79,22 @@ def register_algorithm(
     return entry
 
 
-def make_algorithm(model: ActorCritic, env: Any, train: dict, device: torch.device) -> Algorithm:
-    """The algorithm ``train.algorithm`` names, built for ``model`` and ``env``."""
-    return ALGORITHMS.get(train.get("algorithm", RUNNER_PARAMS["algorithm"]["default"])).make(model, env, train, device)
+def make_algorithm(
+    model: ActorCritic, env: Any, train: dict, device: torch.device, comm: NoComm | None = None
+) -> Algorithm:
+    """The algorithm ``train.algorithm`` names, built for ``model`` and ``env`` (and this rank's ``comm``)."""
+    entry = ALGORITHMS.get(train.get("algorithm", RUNNER_PARAMS["algorithm"]["default"]))
+    if comm is None:
+        from sfspec.runtime.distributed import NoComm
+
+        comm = NoComm()
+    return entry.make(model, env, train, device, comm)
 
 
-def _make_ppo(model: ActorCritic, env: Any, train: dict, device: torch.device) -> Algorithm:
+def _make_ppo(model: ActorCritic, env: Any, train: dict, device: torch.device, comm: NoComm) -> Algorithm:
     from sfspec.runtime.ppo import PPO  # torch only when training
 
-    return PPO(model, env, train, device)
+    return PPO(model, env, train, device, comm)
 
 
 register_algorithm("ppo", PPO_PARAMS, _make_ppo, "proximal policy optimisation, synchronous, on the device")

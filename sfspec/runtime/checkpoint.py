@@ -43,7 +43,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         path = path / CHECKPOINT_NAME
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint here")
-    data = _torch_load(path, path.read_bytes(), map_location)
+    return parse_checkpoint(path.read_bytes(), path, map_location)
+
+
+def parse_checkpoint(data: bytes, path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file's bytes, verified and read safely (``path`` names it in errors).
+
+    Data-parallel runs send rank 0's file to the other ranks as bytes; they read it with this.
+    """
+    path = Path(path)
+    data = _torch_load(path, data, map_location)
     if isinstance(data, dict) and data.get("format") == LEGACY_FORMAT:
         return data
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("payload"), torch.Tensor):

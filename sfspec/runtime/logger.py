@@ -58,3 +58,13 @@ class RunLogger:
             self.progress.stop()
         self.writer.close()
         self.metrics_file.close()
+
+
+class NullLogger:
+    """What ranks other than 0 log with: nothing (rank 0 alone writes the run's metrics and progress)."""
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Record nothing."""
+
+    def close(self) -> None:
+        """Nothing to close."""

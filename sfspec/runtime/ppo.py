@@ -6,6 +6,13 @@ are read back once per update (the loss and the finiteness flags, together).
 
 ``PPO`` at the end ties the steps together as the runner's ``Algorithm``: it owns the optimiser,
 the rollout storage, the return normaliser and the carry-over between rollouts.
+
+Data-parallel (torchrun): each rank collects its own rollout; the communicator reduces at PPO's
+synchronisation points only: the gradients after each minibatch's backward (one flattened
+all-reduce), the minibatch's advantage statistics and weight, the KL read per epoch, the
+observation and return normalisers after each update (a parallel count/mean/M2 merge, so every
+rank holds the same statistics) and the episode statistics for the log. With one process the
+communicator is ``NoComm`` and none of this runs.
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ from torch import nn
 
 from sfspec.compiler.model import ActorCritic, RunningMeanStd
 from sfspec.runtime.config import TrainConfig
+from sfspec.runtime.distributed import NoComm, fold_moments, merge_moments, moments_row
 from sfspec.runtime.errors import TrainingError
 from sfspec.runtime.vec_env import ObsDict, Step
+
+NO_COMM = NoComm()
 
 
 @dataclass
@@ -118,17 +128,77 @@ class Rollout:
 
 
 class ReturnNormalizer(nn.Module):
-    """Scales rewards by the running standard deviation of the discounted return."""
+    """Scales rewards by the running standard deviation of the discounted return.
 
-    def __init__(self):
+    Data-parallel, each rank also keeps the moments of what it saw since the last merge
+    (``pending``); ``merge`` folds every rank's into the statistics they all held before.
+    """
+
+    def __init__(self, distributed: bool = False):
         super().__init__()
         self.rms = RunningMeanStd(())
+        self.distributed = distributed
+        # Not a submodule: the state_dict (and so the checkpoint) is the same with one rank or several.
+        self.pending: list[RunningMeanStd] = []
+        self.synced: torch.Tensor | None = None  # (count, mean, var) when the rollout began
 
     def forward(self, reward: torch.Tensor, carry: Carry, gamma: float, done: torch.Tensor) -> torch.Tensor:
         carry.discounted_return.mul_(gamma).add_(reward)
         self.rms.update(carry.discounted_return)
+        for pending in self.pending:
+            pending.update(carry.discounted_return)
         carry.discounted_return.mul_(1.0 - done)
         return reward / torch.sqrt(self.rms.var + 1e-8).to(reward.dtype)
+
+    def begin(self) -> None:
+        """Remember the statistics every rank shares before a rollout (distributed only)."""
+        self.synced = moments_row(self.rms)
+        self.pending = [RunningMeanStd(()).to(self.rms.mean.device)]
+        _reset_moments(self.pending[0])
+
+    def merge(self, comm: NoComm) -> None:
+        """Every rank's moments since ``begin``, merged in rank order into the shared statistics."""
+        count, mean, var = merge_moments(comm.all_gather_rows(moments_row(self.pending[0])), 1)
+        with torch.no_grad():
+            self.rms.count.copy_(self.synced[0])
+            self.rms.mean.copy_(self.synced[1].reshape(()))
+            self.rms.var.copy_(self.synced[2].reshape(()))
+        fold_moments(self.rms, count, mean, var)
+
+
+def _reset_moments(rms: RunningMeanStd) -> None:
+    """An empty running mean/std (folding a batch into it gives that batch's moments)."""
+    with torch.no_grad():
+        rms.mean.zero_()
+        rms.var.fill_(1.0)
+        rms.count.zero_()
+
+
+@torch.no_grad()
+def merge_observation_normalizers(model: ActorCritic, obs: ObsDict, comm: NoComm) -> None:
+    """Fold every rank's observations into every rank's normalisers: the same statistics everywhere.
+
+    Each normaliser is emptied, fed this rank's batch through the preprocessor's own update (so it
+    holds exactly that batch's moments), and then set to the shared statistics folded with all
+    ranks' batches, merged in rank order (one all-reduce for all normalisers).
+    """
+    norms = list(model.preprocessor.normalizers)
+    if not norms:
+        return
+    shared = [moments_row(rms) for rms in norms]
+    for rms in norms:
+        _reset_moments(rms)
+    model.preprocessor.update(obs)
+    rows = comm.all_gather_rows(torch.cat([moments_row(rms) for rms in norms]))
+    start = 0
+    for rms, before in zip(norms, shared):
+        width = rms.mean.numel()
+        count, mean, var = merge_moments(rows[:, start : start + 1 + 2 * width], width)
+        start += 1 + 2 * width
+        rms.count.copy_(before[0])
+        rms.mean.copy_(before[1 : 1 + width].reshape(rms.mean.shape))
+        rms.var.copy_(before[1 + width :].reshape(rms.var.shape))
+        fold_moments(rms, count, mean, var)
 
 
 def autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
@@ -257,16 +327,24 @@ def select(batch: Batch, index: torch.Tensor) -> Batch:
     )
 
 
-def ppo_loss(model: ActorCritic, mb: Batch, cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate + value loss - entropy bonus, and the statistics to log."""
+def ppo_loss(
+    model: ActorCritic, mb: Batch, cfg: TrainConfig, moments: tuple[torch.Tensor, ...] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate + value loss - entropy bonus, and the statistics to log.
+
+    ``moments`` (data-parallel): the minibatch's weight per rank and advantage mean and std over
+    all ranks (``global_moments``), so each rank's loss is its share of the whole minibatch's.
+    """
     with autocast(cfg, mb.state.device):
         log_probs, entropy, values = model.evaluate(mb.obs, mb.state, mb.starts, mb.actions)
     log_probs, entropy, values = log_probs.float(), entropy.float(), values.float()
     log_ratio = log_probs - mb.log_probs
     ratio = log_ratio.exp()
-    mean = _mean_over(mb.valid)
+    mean = _mean_over(mb.valid, None if moments is None else moments[0])
     advantages = mb.advantages
-    if cfg.normalize_advantages:
+    if cfg.normalize_advantages and moments is not None:
+        advantages = (advantages - moments[1]) / (moments[2] + 1e-8)
+    elif cfg.normalize_advantages:
         centred = advantages - mean(advantages)
         advantages = centred / (mean(centred**2).sqrt() + 1e-8)
     policy_loss = mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - cfg.clip, 1 + cfg.clip)))
@@ -289,18 +367,44 @@ def ppo_loss(model: ActorCritic, mb: Batch, cfg: TrainConfig) -> tuple[torch.Ten
     return loss, stats
 
 
-def _mean_over(weights: torch.Tensor | None):
-    """A mean over all elements, or over the weighted ones (steps that were an env's reset weigh 0)."""
+def _mean_over(weights: torch.Tensor | None, total: torch.Tensor | None = None):
+    """A mean over all elements, or over the weighted ones (steps that were an env's reset weigh 0).
+
+    ``total`` (data-parallel): the minibatch's weight averaged over ranks, so that the mean of the
+    ranks' results is the mean over the whole minibatch even when ranks hold different weights.
+    """
+    if total is not None:
+        return (lambda x: x.sum() / total) if weights is None else (lambda x: (x * weights).sum() / total)
     if weights is None:
         return torch.mean
     total = weights.sum().clamp(min=1.0)
     return lambda x: (x * weights).sum() / total
 
 
+def global_moments(mb: Batch, comm: NoComm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The minibatch's weight per rank and its advantages' mean and std over every rank (one all-reduce)."""
+    adv = mb.advantages.double()
+    weights = mb.valid.double() if mb.valid is not None else torch.ones_like(adv)
+    sums = comm.all_reduce_sum_(torch.stack([weights.sum(), (weights * adv).sum(), (weights * adv * adv).sum()]))
+    count = sums[0].clamp(min=1.0)
+    mean = sums[1] / count
+    std = (sums[2] / count - mean * mean).clamp(min=0.0).sqrt()
+    return (count / comm.world_size).float(), mean.float(), std.float()
+
+
 def ppo_update(
-    model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout, next_value: torch.Tensor, cfg: TrainConfig
+    model: ActorCritic,
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    next_value: torch.Tensor,
+    cfg: TrainConfig,
+    comm: NoComm = NO_COMM,
 ) -> dict[str, torch.Tensor]:
-    """Several epochs of minibatch updates on one rollout; returns mean statistics (device tensors)."""
+    """Several epochs of minibatch updates on one rollout; returns mean statistics (device tensors).
+
+    Data-parallel, every rank takes the same number of minibatches of the same size from its own
+    rollout; their gradients, advantage statistics and KL are reduced over ranks (``comm``).
+    """
     advantages, returns = compute_gae(rollout, next_value, cfg.gamma, cfg.gae_lambda)
     steps = rollout.rewards.shape[0]
     length = (cfg.bptt or steps) if model.state_size else 1
@@ -314,9 +418,12 @@ def ppo_update(
         epoch_kl = torch.zeros((), device=next_value.device)
         order = torch.randperm(count, device=next_value.device)
         for start in range(0, count - mb_size + 1, mb_size):
-            loss, stats = ppo_loss(model, select(batch, order[start : start + mb_size]), cfg)
+            mb = select(batch, order[start : start + mb_size])
+            loss, stats = ppo_loss(model, mb, cfg, global_moments(mb, comm) if comm.active else None)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if comm.active:
+                comm.average_gradients(params)
             if cfg.max_grad_norm is not None:
                 nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
             optimizer.step()
@@ -325,6 +432,8 @@ def ppo_update(
             epoch_kl = epoch_kl + stats["approx_kl"]
             updates += 1
         if cfg.lr_schedule == "kl_adaptive" or cfg.target_kl is not None:
+            if comm.active:  # every rank adapts its learning rate and stops alike
+                epoch_kl = comm.all_reduce_sum_(epoch_kl.reshape(1)) / comm.world_size
             kl = epoch_kl.item() / max(1, count // mb_size)  # one host read per epoch, only when asked for
             if cfg.lr_schedule == "kl_adaptive":
                 _adapt_lr(optimizer, kl, cfg.desired_kl)
@@ -369,18 +478,48 @@ _KEPT = "training stopped, the last checkpoint is kept"
 def check_finite(loss: torch.Tensor, flags: torch.Tensor, rollout: Rollout, env_id: str, update: int, steps: int):
     """Stop on non-finite data, naming its source: the environment's observations or rewards, else the loss."""
     values = torch.cat([loss.detach().float().reshape(1), flags.to(loss.device)]).tolist()
+    check_finite_data(values[1:], rollout, env_id, update, steps)
+    check_finite_loss(values[0], env_id, update, steps)
+
+
+def check_finite_data(flags: list[float], rollout: Rollout, env_id: str, update: int, steps: int, rank: str = ""):
+    """Raise naming the first observation key (or the rewards) whose flag is set (``finite_flags``, read back)."""
     keys = [k for k in sorted(rollout.obs) if rollout.obs[k].is_floating_point()]
     where = f"steps {update * steps}-{(update + 1) * steps}"
-    for key, bad in zip(keys, values[1:]):
+    for key, bad in zip(keys, flags):
         if bad:
-            raise TrainingError(f"{env_id} returned a non-finite observation '{key}' (in {where}); {_KEPT}")
-    if values[-1]:
-        raise TrainingError(f"{env_id} returned a non-finite reward (in {where}); {_KEPT}")
-    if not math.isfinite(values[0]):
+            raise TrainingError(f"{rank}{env_id} returned a non-finite observation '{key}' (in {where}); {_KEPT}")
+    if flags[-1]:
+        raise TrainingError(f"{rank}{env_id} returned a non-finite reward (in {where}); {_KEPT}")
+
+
+def check_finite_loss(loss: float, env_id: str, update: int, steps: int, rank: str = "") -> None:
+    """Raise when the loss (from finite data) is not finite."""
+    if not math.isfinite(loss):
         raise TrainingError(
-            f"the loss became {values[0]} at step {(update + 1) * steps} "
+            f"{rank}the loss became {loss} at step {(update + 1) * steps} "
             f"of {env_id}; try a lower train.lr or train.max_grad_norm"
         )
+
+
+def reduce_and_check(
+    stats: dict[str, torch.Tensor], flags: torch.Tensor, rollout: Rollout, env_id: str, update: int, steps: int, comm
+) -> dict[str, torch.Tensor]:
+    """Data-parallel: every rank's statistics and finiteness flags in one all-reduce; every rank stops alike.
+
+    A rank with non-finite data is named (the same error on every rank, so none waits for another);
+    the logged statistics are the mean over ranks.
+    """
+    keys = list(stats)
+    row = torch.cat([torch.stack([stats[k].detach().float() for k in keys]), flags.to(stats["loss"].device)])
+    table = comm.all_gather_rows(row)
+    values = table.tolist()
+    for rank, rank_values in enumerate(values):  # bad data first, wherever it is; then a bad loss
+        check_finite_data(rank_values[len(keys) :], rollout, env_id, update, steps, f"rank {rank}: ")
+    for rank, rank_values in enumerate(values):
+        check_finite_loss(rank_values[keys.index("loss")], env_id, update, steps, f"rank {rank}: ")
+    means = table[:, : len(keys)].mean(0)
+    return {k: means[i] for i, k in enumerate(keys)}
 
 
 def make_optimizer(model: ActorCritic, lr: float) -> torch.optim.Optimizer:
@@ -392,19 +531,25 @@ _CARRIED = ("state", "done", "episode_return", "episode_length", "discounted_ret
 
 
 class PPO:
-    """PPO for one batched environment: ``iteration`` collects a rollout and updates the model once."""
+    """PPO for one batched environment: ``iteration`` collects a rollout and updates the model once.
 
-    def __init__(self, model: ActorCritic, env, train: dict, device: torch.device):
+    With a communicator of several ranks (``comm``), each rank runs this on its own environments
+    and the ranks' updates are one update of the whole batch: ``train.steps`` counts all ranks' steps.
+    """
+
+    local_keys = ("carry",)  # state_dict() keys that differ between ranks (the rest is the same everywhere)
+
+    def __init__(self, model: ActorCritic, env, train: dict, device: torch.device, comm: NoComm = NO_COMM):
         cfg = TrainConfig.from_spec({"train": train})
         if cfg.bptt is not None and model.state_size and cfg.rollout % cfg.bptt:
             raise TrainingError(f"train.bptt ({cfg.bptt}) must divide train.rollout ({cfg.rollout})")
         self.model, self.cfg, self.device, self.env_id = model, cfg, device, env.env_id
-        self.num_envs, self.on_device = env.num_envs, env.on_device
+        self.num_envs, self.on_device, self.comm = env.num_envs, env.on_device, comm
         self.masked = getattr(env, "next_step_reset", False)
         self.optimizer = make_optimizer(model, cfg.lr)
-        self.return_norm = ReturnNormalizer().to(device) if cfg.normalize_returns else None
-        self.steps_per_iteration = cfg.rollout * env.num_envs
-        self.total_iterations = num_updates(cfg, env.num_envs)
+        self.return_norm = ReturnNormalizer(comm.active).to(device) if cfg.normalize_returns else None
+        self.steps_per_iteration = cfg.rollout * env.num_envs * comm.world_size
+        self.total_iterations = num_updates(cfg, env.num_envs * comm.world_size)
         self.carry: Carry | None = None
         self.rollout: Rollout | None = None
 
@@ -428,18 +573,32 @@ class PPO:
         if lr is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
+        comm = self.comm
+        if comm.active and self.return_norm is not None:
+            self.return_norm.begin()
         collect_rollout(model, env, carry, rollout, cfg, self.return_norm)
         finite = finite_flags(rollout)  # read back with the loss: no extra host synchronisation
         with torch.no_grad():
             next_value = model.values(carry.obs, carry.state * (1.0 - carry.done).unsqueeze(-1))
-        stats = ppo_update(model, self.optimizer, rollout, next_value, cfg)
-        check_finite(stats["loss"], finite, rollout, self.env_id, index, self.steps_per_iteration)
-        model.preprocessor.update({k: v.flatten(0, 1) for k, v in rollout.obs.items()})
+        stats = ppo_update(model, self.optimizer, rollout, next_value, cfg, comm)
+        obs = {k: v.flatten(0, 1) for k, v in rollout.obs.items()}
+        if not comm.active:
+            check_finite(stats["loss"], finite, rollout, self.env_id, index, self.steps_per_iteration)
+            model.preprocessor.update(obs)
+            return stats
+        stats = reduce_and_check(stats, finite, rollout, self.env_id, index, self.steps_per_iteration, comm)
+        merge_observation_normalizers(model, obs, comm)
+        if self.return_norm is not None:
+            self.return_norm.merge(comm)
         return stats
 
     def episode_stats(self) -> tuple[float | None, float | None, int]:
-        """Mean return and length of the episodes finished since the last call."""
-        return self.carry.take_episode_stats()
+        """Mean return and length of the episodes finished since the last call (on every rank: all ranks' episodes)."""
+        carry = self.carry
+        if self.comm.active:
+            finished = torch.stack([carry.finished_return, carry.finished_length, carry.finished_count])
+            carry.finished_return, carry.finished_length, carry.finished_count = self.comm.all_reduce_sum_(finished)
+        return carry.take_episode_stats()
 
     def learning_rate(self) -> float:
         """The optimiser's current learning rate."""
@@ -463,7 +622,7 @@ class PPO:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.return_norm is not None and state.get("return_norm") is not None:
             self.return_norm.load_state_dict(state["return_norm"])
-        saved, carry = state["carry"], self.carry
+        saved, carry = state.get("carry", {}), self.carry  # no carry: this rank starts fresh (another world size)
         if exact:
             carry.obs = {k: v.to(self.device) for k, v in saved["obs"].items()}
             for key in _CARRIED:

@@ -94,3 +94,35 @@ def truncate_metrics(run_dir: Path, last_step: int) -> None:
         raise RunDirError(f"{path}: {exc}; repair or remove that line, then resume") from None
     kept = [row for row in rows if row["step"] <= last_step]
     atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+
+
+LAUNCH_NAME = ".torchrun"  # the torchrun job (TORCHELASTIC_RUN_ID) that last trained in this directory
+
+
+def mark_launch(run_dir: Path, run_id: str) -> None:
+    """Record which torchrun job trains here, so its restarts find this directory again."""
+    atomic_write_text(run_dir / LAUNCH_NAME, run_id + "\n")
+
+
+def _launch_of(run_dir: Path) -> str | None:
+    try:
+        return (run_dir / LAUNCH_NAME).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def find_launched_run(run_dir: Path, run_id: str) -> Path | None:
+    """The directory an earlier attempt of torchrun job ``run_id`` trained in: ``run_dir`` itself, else a sibling.
+
+    A restart runs the same command line again; without ``--run-dir`` its default directory has a new
+    time in its name, so the first attempt's directory is found by the job id it recorded.
+    """
+    if not run_id:
+        return None
+    if _launch_of(run_dir) == run_id:
+        return run_dir
+    try:
+        siblings = [d for d in run_dir.parent.iterdir() if d.is_dir() and _launch_of(d) == run_id]
+    except OSError:
+        return None
+    return max(siblings, key=lambda d: (d / LAUNCH_NAME).stat().st_mtime, default=None)

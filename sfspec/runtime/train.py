@@ -2,15 +2,25 @@
 
 What one iteration does (collect experience, update the model) belongs to the algorithm the spec
 names (``train.algorithm``, PPO by default: sfspec/runtime/ppo.py); the runner only drives it.
+
+Under torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set) the runner also joins the process group
+(sfspec/runtime/distributed.py), gives each rank its device (``cuda:LOCAL_RANK``) and its seeds,
+broadcasts rank 0's weights, and lets rank 0 alone touch the run directory: it locks it, writes the
+metrics, TensorBoard events, progress bar and checkpoints (with every rank's RNG, environment
+snapshot and carry-over), and hands the checkpoint it resumes from to the other ranks. Every stop
+(budget, Ctrl-C, ``on_log``) is agreed at an update boundary, so all ranks save and stop together.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,12 +36,35 @@ from sfspec.compiler.model import ActorCritic
 from sfspec.compiler.plan import ModelPlan
 from sfspec.io import atomic_write_text
 from sfspec.runtime.algorithm import Algorithm, make_algorithm
-from sfspec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from sfspec.runtime.checkpoint import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    parse_checkpoint,
+    save_checkpoint,
+)
 from sfspec.runtime.config import RunnerConfig
+from sfspec.runtime.distributed import (
+    Launch,
+    NoComm,
+    from_bytes,
+    open_communicator,
+    rank_device,
+    record_failure,
+    to_bytes,
+    torchrun_launch,
+)
 from sfspec.runtime.errors import TrainingError
-from sfspec.runtime.logger import RunLogger
-from sfspec.runtime.rundir import locked_run_dir, refuse_existing_run, truncate_metrics
+from sfspec.runtime.logger import NullLogger, RunLogger
+from sfspec.runtime.rundir import (
+    RunDirError,
+    find_launched_run,
+    locked_run_dir,
+    mark_launch,
+    refuse_existing_run,
+    truncate_metrics,
+)
 from sfspec.runtime.vec_env import EnvStepError, make_env
+from sfspec.spec.config import EnvConfig
 from sfspec.spec.loader import SourceMap
 
 __all__ = ["TrainResult", "TrainingError", "build_for_spec", "default_run_dir", "resolve_device", "train"]
@@ -97,11 +130,14 @@ class _StopSignals:
     """Ctrl-C and SIGTERM ask the loop to stop at the next update boundary, where a checkpoint is exact.
 
     A second Ctrl-C stops at once (the last checkpoint is kept). Outside the main thread signals
-    cannot be caught, so there the default behaviour stays.
+    cannot be caught, so there the default behaviour stays. Under torchrun (``patient``) a second
+    signal only repeats the request: torchrun forwards the terminal's Ctrl-C to ranks that already
+    had it, and every rank must reach the boundary to save; torchrun's SIGKILL ends a rank that cannot.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, patient: bool = False) -> None:
         self.requested = False
+        self.patient = patient
         self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopSignals:
@@ -111,7 +147,7 @@ class _StopSignals:
         return self
 
     def _request(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self.patient:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -139,25 +175,100 @@ def train(
     ``on_log(metrics, model)`` runs at every log interval, outside the timed training; returning
     True ends the run there (benchmarks use it to stop once a policy is solved). ``plan``: the
     model plan ``pipeline.check`` made, so the model is built from it instead of planned again.
+    Started by torchrun, this process is one rank of a data-parallel run (see the module's docstring).
     """
     cfg = RunnerConfig.from_spec(spec)
-    device = resolve_device(device_name or cfg.device)
-    with locked_run_dir(run_dir):
-        checkpoint = _open_run_dir(run_dir, spec, resume, spec_path, device)
-        seed_everything(cfg.seed)
-        env = make_env(spec["env"], cfg.seed, device, InterfaceConfig.from_spec(spec))
+    launch = torchrun_launch()
+    device = rank_device(resolve_device(device_name or cfg.device), launch)
+    with open_communicator(launch, device) as comm:
         try:
-            runner = Runner(spec, cfg, env, device, run_dir, smap, checkpoint, plan)
-            return runner.run(RunLogger(run_dir, runner.total * runner.batch, runner.step, quiet, spec_name), on_log)
-        finally:
-            env.close()
+            with ExitStack() as stack:
+                opened = _open_run(stack, spec, run_dir, resume, spec_path, device, launch, comm)
+                run_dir, checkpoint = opened
+                seed_everything(cfg.seed)
+                env_seed = cfg.seed + comm.rank * EnvConfig.from_spec(spec["env"]).num_envs
+                env = make_env(spec["env"], env_seed, device, InterfaceConfig.from_spec(spec))
+                stack.callback(env.close)
+                runner = Runner(spec, cfg, env, device, run_dir, smap, checkpoint, plan, comm, env_seed)
+                logger = NullLogger()
+                if comm.rank == 0:
+                    logger = RunLogger(run_dir, runner.total_steps, runner.step, quiet, spec_name)
+                return runner.run(logger, on_log)
+        except Exception as exc:
+            if not comm.active:
+                raise
+            failure = _rank_failure(exc, comm.rank)
+            record_failure(failure)
+            raise failure from exc
 
 
-def _open_run_dir(run_dir: Path, spec: dict, resume: bool, spec_path: str | None, device) -> dict | None:
-    """The checkpoint to continue from (None for a fresh run); metrics cut back to it, the spec written."""
-    checkpoint = None
-    if resume and (run_dir / CHECKPOINT_NAME).exists():
-        checkpoint = load_checkpoint(run_dir, device)
+def _rank_failure(exc: Exception, rank: int) -> Exception:
+    """The error of one rank, naming it; a broken process group means another rank stopped first."""
+    import torch.distributed as dist
+
+    if isinstance(exc, (TrainingError, EnvStepError, CheckpointError, RunDirError)):
+        message = str(exc)
+        return exc if message.startswith("rank ") else type(exc)(f"rank {rank}: {message}")
+    if isinstance(exc, dist.DistError) or "gloo" in str(exc).lower() or "nccl" in str(exc).lower():
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return TrainingError(
+            f"rank {rank}: another rank stopped, so this one stops too (the process group broke: {first}); "
+            "the last checkpoint is kept"
+        )
+    return exc
+
+
+def _open_run(
+    stack: ExitStack, spec: dict, run_dir: Path, resume: bool, spec_path, device, launch: Launch | None, comm: NoComm
+) -> tuple[Path, dict | None]:
+    """Rank 0 locks and opens the run directory; every rank gets its path and the checkpoint to continue from."""
+    if not comm.active:
+        if launch is not None and launch.restart_count > 0 and not resume:
+            run_dir, resume = _restarted_run(run_dir, launch, resume)
+        stack.enter_context(locked_run_dir(run_dir))
+        if launch is not None and launch.run_id:
+            mark_launch(run_dir, launch.run_id)
+        checkpoint, _ = _open_run_dir(run_dir, spec, resume, spec_path, device)
+        return run_dir, checkpoint
+    header, data = {"error": None}, None
+    if comm.rank == 0:
+        try:
+            if launch.restart_count > 0 and not resume:
+                run_dir, resume = _restarted_run(run_dir, launch, resume)
+            stack.enter_context(locked_run_dir(run_dir))
+            if launch.run_id:
+                mark_launch(run_dir, launch.run_id)
+            _, data = _open_run_dir(run_dir, spec, resume, spec_path, device)
+        except Exception as exc:
+            comm.broadcast_bytes(json.dumps({"error": str(exc)}).encode())
+            raise
+        header = {"error": None, "run_dir": str(run_dir)}
+    header = json.loads(comm.broadcast_bytes(json.dumps(header).encode() if comm.rank == 0 else None))
+    if header["error"] is not None:
+        raise TrainingError(f"rank {comm.rank}: stopped: rank 0 could not open the run: {header['error']}")
+    data = comm.broadcast_bytes(data)
+    checkpoint = parse_checkpoint(data, Path(header["run_dir"]) / CHECKPOINT_NAME, device) if data else None
+    if checkpoint is not None and checkpoint.get("threads") and checkpoint["threads"] != torch.get_num_threads():
+        torch.set_num_threads(checkpoint["threads"])
+    return Path(header["run_dir"]), checkpoint
+
+
+def _restarted_run(run_dir: Path, launch: Launch, resume: bool) -> tuple[Path, bool]:
+    """After a torchrun restart: the directory this job's first attempt wrote, continued (or ``run_dir``, fresh)."""
+    found = find_launched_run(run_dir, launch.run_id)
+    return (found, True) if found is not None else (run_dir, resume)
+
+
+def _open_run_dir(run_dir: Path, spec: dict, resume: bool, spec_path: str | None, device) -> tuple[dict | None, bytes]:
+    """The checkpoint to continue from (None for a fresh run) and its file's bytes; metrics cut back, spec written."""
+    checkpoint, data = None, b""
+    path = run_dir / CHECKPOINT_NAME
+    if resume and path.exists():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read checkpoint: {exc.strerror or exc}") from None
+        checkpoint = parse_checkpoint(data, path, device)
     elif not resume:
         refuse_existing_run(run_dir, spec_path)
     truncate_metrics(run_dir, checkpoint["global_step"] if checkpoint is not None else 0)
@@ -165,47 +276,113 @@ def _open_run_dir(run_dir: Path, spec: dict, resume: bool, spec_path: str | None
         atomic_write_text(run_dir / "spec.yaml", yaml.safe_dump(spec, sort_keys=False))
     elif checkpoint.get("threads") and checkpoint["threads"] != torch.get_num_threads():
         torch.set_num_threads(checkpoint["threads"])  # results are exact only at the run's thread count
-    return checkpoint
+    return checkpoint, data
 
 
 # What the runner itself stores in a checkpoint; an algorithm's state_dict() keys sit beside these.
 RUNNER_KEYS = frozenset(
-    {"spec", "model", "update", "global_step", "elapsed", "rng", "env", "finished", "threads", "format"}
+    {
+        "spec",
+        "model",
+        "update",
+        "global_step",
+        "elapsed",
+        "rng",
+        "env",
+        "finished",
+        "threads",
+        "format",
+        "world_size",
+        "ranks",
+    }
 )
+RANK_KEYS = ("rng", "env")  # what the runner keeps per rank, beside the algorithm's local_keys
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s own random streams (sampling, minibatch order); rank 0 keeps ``seed``."""
+    return seed + 1_000_003 * rank
+
+
+def rank_state(checkpoint: dict, comm: NoComm, local_keys: tuple[str, ...]) -> tuple[dict, bool]:
+    """What this rank resumes from, and whether it is its own (same world size: exact) or only the shared part.
+
+    A checkpoint of another world size restores what all ranks share (weights, optimiser, normalisers);
+    each rank's RNG, environments and carry-over then start fresh.
+    """
+    saved_world = checkpoint.get("world_size", 1)
+    if saved_world == comm.world_size:
+        ranks = checkpoint.get("ranks")
+        return ({**checkpoint, **ranks[comm.rank]} if ranks else checkpoint), True
+    return {k: v for k, v in checkpoint.items() if k not in (*RANK_KEYS, *local_keys)}, False
 
 
 class Runner:
     """Drives an algorithm over its budget: logs, checkpoints, stops cleanly; the algorithm does the learning."""
 
-    def __init__(self, spec: dict, cfg: RunnerConfig, env, device, run_dir: Path, smap, checkpoint, plan=None):
+    def __init__(
+        self,
+        spec: dict,
+        cfg: RunnerConfig,
+        env,
+        device,
+        run_dir: Path,
+        smap,
+        checkpoint,
+        plan=None,
+        comm: NoComm | None = None,
+        env_seed: int | None = None,
+    ):
         self.spec, self.cfg, self.env, self.run_dir = spec, cfg, env, run_dir
+        self.comm = comm = comm if comm is not None else NoComm()
+        env_seed = cfg.seed if env_seed is None else env_seed
         if plan is not None:  # planned by pipeline.check for these spaces: build only
             self.model = build_from_plan(plan, smap).to(device)
         else:
             self.model = build_for_spec(spec, env, device, smap)
-        if cfg.compile:
-            self.model.compile()  # torch.compile of the network's forward; the first updates pay the compilation
-        self.algorithm: Algorithm = make_algorithm(self.model, env, spec.get("train", {}), device)
+        self.algorithm: Algorithm = make_algorithm(self.model, env, spec.get("train", {}), device, comm)
+        self.local_keys = tuple(getattr(self.algorithm, "local_keys", ()))
         self.total, self.batch = self.algorithm.total_iterations, self.algorithm.steps_per_iteration
-        self.update, self.elapsed = 0, 0.0
-        obs, exact = env.reset(seed=cfg.seed), False
+        self.update, self.elapsed, self.base = 0, 0.0, (0, 0)
+        if comm.rank:  # every rank built the same initial weights (broadcast below); now its own streams
+            seed_everything(rank_seed(cfg.seed, comm.rank))
+        obs, exact, state = env.reset(seed=env_seed), False, None
         if checkpoint is not None:
+            state, same_world = rank_state(checkpoint, comm, self.local_keys)
             self.model.load_state_dict(checkpoint["model"])
             self.update, self.elapsed = checkpoint["update"], checkpoint["elapsed"]
-            _set_rng_state(checkpoint["rng"])
-            exact = env.on_device and checkpoint.get("env") is not None
+            if not same_world:  # another batch per update: count steps on from the checkpoint's
+                self._rebase(checkpoint["global_step"])
+            if "rng" in state:
+                _set_rng_state(state["rng"])
+            else:
+                seed_everything(rank_seed(cfg.seed, comm.rank) + self.update)
+            exact = env.on_device and state.get("env") is not None
             if exact:  # a tensor env continues exactly where it stopped
-                env.restore(checkpoint["env"])
+                env.restore(state["env"])
             else:  # gymnasium envs cannot be snapshotted: new episodes, new seeds
-                obs = env.reset(seed=cfg.seed + 1_000_003 * self.update)
+                obs = env.reset(seed=env_seed + 1_000_003 * self.update)
+        comm.broadcast_module_(self.model)  # rank 0's weights (and normalisers) on every rank
+        if cfg.compile:
+            self.model.compile()  # torch.compile of the network's forward; the first updates pay the compilation
         self.algorithm.start(obs)
         if checkpoint is not None:
-            self.algorithm.load_state_dict(checkpoint, exact)
+            self.algorithm.load_state_dict(state, exact)
+
+    def _rebase(self, global_step: int) -> None:
+        """Resume at ``global_step`` with this run's batch per update; the budget stays ``train.steps``."""
+        self.base = (self.update, global_step)
+        self.total = self.update + math.ceil(max(0, self.cfg.steps - global_step) / self.batch)
 
     @property
     def step(self) -> int:
-        """Environment steps taken so far."""
-        return self.update * self.batch
+        """Environment steps taken so far (all ranks together)."""
+        return self.base[1] + (self.update - self.base[0]) * self.batch
+
+    @property
+    def total_steps(self) -> int:
+        """Environment steps when the budget is spent."""
+        return self.base[1] + (self.total - self.base[0]) * self.batch
 
     def run(self, logger: RunLogger, on_log: Callable[[dict, ActorCritic], bool] | None = None) -> TrainResult:
         """Iterate until the budget is spent, the user stops the run, or ``on_log`` says so."""
@@ -213,22 +390,23 @@ class Runner:
         self.logger, self.interval = logger, (self.started, self.step)
         interrupted = False
         try:
-            with _StopSignals() as stop:
+            with _StopSignals(patient=self.comm.active) as stop:
                 while self.update < self.total:
                     try:
                         stats = self.algorithm.iteration(self.env, self.update)
                     except EnvStepError as exc:
                         raise TrainingError(f"{exc} (at step {self.step})") from exc
                     self.update += 1
+                    stopping = self.comm.any(stop.requested)  # every rank stops at the same update
                     if self.update % self.cfg.log_interval == 0 or self.update == self.total:
                         if self._log(stats, on_log):
                             self.save(finished=True)
                             break
                     if self.update % self.cfg.checkpoint_interval == 0 or self.update == self.total:
                         self.save(finished=self.update == self.total)
-                    elif stop.requested:
+                    elif stopping:
                         self.save()
-                    if stop.requested and self.update < self.total:
+                    if stopping and self.update < self.total:
                         interrupted = True
                         break
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, keeping the last checkpoint
@@ -258,30 +436,46 @@ class Runner:
         if on_log is None:
             return False
         paused = time.perf_counter()
-        stop = on_log(metrics, self.model)
+        stop = bool(on_log(metrics, self.model)) if self.comm.rank == 0 else False
+        stop = self.comm.any(stop)  # rank 0 decides for all
         paused = time.perf_counter() - paused
         self.started += paused
         self.interval = (self.interval[0] + paused, self.step)
-        return bool(stop)
+        return stop
 
     def save(self, finished: bool = False) -> None:
-        """An atomic checkpoint of everything needed to continue exactly from this update."""
+        """An atomic checkpoint of everything needed to continue exactly from this update (rank 0 writes it).
+
+        Data-parallel, every rank sends rank 0 what is its own (RNG, environment snapshot, the
+        algorithm's ``local_keys``); rank 0's copy of those also sits at the top level.
+        """
         algorithm_state = self.algorithm.state_dict()
         clash = set(algorithm_state) & RUNNER_KEYS
         if clash:  # an algorithm's state sits beside the runner's; it must never replace the weights or spec
             raise TypeError(f"{type(self.algorithm).__name__}.state_dict() uses the runner's keys {sorted(clash)}")
+        own = {
+            "rng": _rng_state(),
+            "env": self.env.snapshot() if self.env.on_device else None,
+            **{k: algorithm_state[k] for k in self.local_keys if k in algorithm_state},
+        }
+        extra = {}
+        if self.comm.active:
+            parts = self.comm.gather_bytes(to_bytes(own))
+            if parts is None:  # not rank 0: rank 0 writes
+                return
+            extra = {"world_size": self.comm.world_size, "ranks": [from_bytes(part) for part in parts]}
         save_checkpoint(
             self.run_dir / CHECKPOINT_NAME,
             {
                 "spec": self.spec,
                 "model": self.model.state_dict(),
                 **algorithm_state,
+                **own,
                 "update": self.update,
                 "global_step": self.step,
                 "elapsed": self.elapsed + time.perf_counter() - self.started,
-                "rng": _rng_state(),
-                "env": self.env.snapshot() if self.env.on_device else None,
                 "finished": finished,
                 "threads": torch.get_num_threads(),
+                **extra,
             },
         )
