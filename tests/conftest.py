@@ -63,12 +63,13 @@ def rollout_for(spec: dict, steps: int = 64):
     import torch
 
     from sfspec.compiler.build import compile_model
+    from sfspec.compiler.interface_config import InterfaceConfig
     from sfspec.runtime.config import TrainConfig
     from sfspec.runtime.ppo import Carry, ReturnNormalizer, Rollout, collect_rollout
     from sfspec.runtime.vec_env import make_env
 
     cpu = torch.device("cpu")
-    env = make_env(spec["env"], 0, cpu)
+    env = make_env(spec["env"], 0, cpu, InterfaceConfig.from_spec(spec))  # the network's view of it
     model = compile_model(spec, env.observation_space, env.action_space)
     carry = Carry.start(env.reset(seed=0), model, env.num_envs, cpu)
     rollout = Rollout.allocate(steps, carry.obs, model.layout.size, model.state_size, cpu, batched_bootstrap=True)

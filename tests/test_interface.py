@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import no_host_sync, rollout_for, write_yaml
 
 from sfspec import pipeline
 from sfspec.compiler.interface_config import InterfaceConfig
@@ -21,7 +22,6 @@ from sfspec.export.policy import DeployPolicy
 from sfspec.export.runner import PolicyRunner
 from sfspec.runtime.checkpoint import load_checkpoint
 from sfspec.runtime.vec_env import make_env
-from tests.conftest import write_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ROBOT_SPEC = ROOT / "specs" / "reach_real.yaml"
@@ -117,6 +117,19 @@ def test_resume_with_an_interface_continues_exactly(cli, tmp_path, keep_thread_c
     a, b = load_checkpoint(straight), load_checkpoint(run)
     assert a["update"] == b["update"] == 12  # 384 steps of 4 envs x 8
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_a_rollout_through_the_interface_makes_no_host_synchronisation(monkeypatch) -> None:
+    """Scaling, histories and the last action are tensor work on the env's device, noise and delays included."""
+    import yaml
+
+    spec = yaml.safe_load(ROBOT_SPEC.read_text())
+    spec["env"]["num_envs"] = 8
+    spec["env"]["kwargs"] = {"max_episode_steps": 20}  # episodes end (and restart their histories) in the rollout
+    _, rollout, collect = rollout_for(spec, steps=48)
+    with no_host_sync(monkeypatch):
+        collect()
+    assert rollout.ends.sum() > 0
 
 
 @pytest.fixture(scope="module")
