@@ -40,6 +40,22 @@ def summary_data(env_id: str, model: ActorCritic, rows: list[ModuleRow] | None =
         "params_total": trainable,
         "params_all": sum(p.numel() for p in model.parameters()),
         "state_size": int(model.state_size),
+        "robot": _robot(model),
+    }
+
+
+def _robot(model: ActorCritic) -> dict[str, Any] | None:
+    """What the robot side sees through the spec's interface (None without one)."""
+    interface = model.robot_interface
+    if interface is None:
+        return None
+    cfg = interface.cfg
+    return {
+        "observation": describe_space(interface.obs_space),
+        "action": describe_space(interface.action_space),
+        "histories": dict(cfg.histories),
+        "last_action": cfg.last_action,
+        "dt": cfg.dt,
     }
 
 
@@ -59,6 +75,7 @@ def format_summary(data: dict[str, Any]) -> str:
         f"env: {data['env']}",
         f"observation: {data['observation']}",
         f"action: {data['action']}",
+        *_robot_lines(data.get("robot")),
         "",
         line(header),
         line(tuple("-" * w for w in widths)),
@@ -68,6 +85,19 @@ def format_summary(data: dict[str, Any]) -> str:
         f"recurrent state: {data['state_size']} values per environment",
     ]
     return "\n".join(out)
+
+
+def _robot_lines(robot: dict[str, Any] | None) -> list[str]:
+    if robot is None:
+        return []
+    extras = [f"{k} history {h}" for k, h in robot["histories"].items()]
+    extras += ["last action"] if robot["last_action"] else []
+    extras += [f"dt {robot['dt']:g} s"] if robot["dt"] else []
+    return [
+        f"robot observation: {robot['observation']}",
+        f"robot action: {robot['action']}",
+        f"interface: {', '.join(extras) or 'units only'} (the network's spaces above)",
+    ]
 
 
 def to_json(data: dict[str, Any]) -> str:

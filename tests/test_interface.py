@@ -295,3 +295,13 @@ def test_video_recording_runs_one_episode_through_the_interface(tmp_path, monkey
     model, _ = _model_and_config(tmp_path, spec)
     assert record_video(model, spec["env"], tmp_path / "video", 0, torch.device("cpu")) == tmp_path / "video"
     assert len(steps) == 200  # one whole episode of Pendulum-v1
+
+
+def test_summary_shows_the_robot_side_of_the_interface(cli) -> None:
+    result = cli("summary", str(ROBOT_SPEC), "--json")
+    assert result.code == 0, result.err
+    robot = json.loads(result.out)["robot"]
+    assert robot["histories"] == {"proprio": 3} and robot["last_action"] and robot["dt"] == 0.05
+    assert "proprio: Box(6,)" in robot["observation"]
+    text = cli("summary", str(ROBOT_SPEC)).out
+    assert "robot observation:" in text and "interface: proprio history 3, last action, dt 0.05 s" in text
