@@ -220,6 +220,7 @@ def test_policy_runner_restarts_histories_on_reset(robot_bundle) -> None:
         ({"observations": {"obs": {"scale": [1, 2]}}}, "interface.observations.obs.scale", "2 values for 'obs'"),
         ({"observations": {"ob": {"scale": 2}}}, "interface.observations.ob", "did you mean 'obs'"),
         ({"observations": {"obs": {"clip": [1, -1]}}}, "interface.observations.obs.clip", "reversed clip"),
+        ({"observations": {"obs": {"clip": [[0, 0], 1]}}}, "interface.observations.obs.clip[0]", "2 values for 'obs'"),
         ({"observations": {"obs": {"scale": 0}}}, "interface.observations.obs.scale", "without zeros"),
         ({"actions": {"scale": [1, 2]}}, "interface.actions.scale", "2 values for the action"),
         ({"actions": {"names": ["a", "b"]}}, "interface.actions.names", "give 1"),

@@ -74,31 +74,27 @@ def _action_issues(actions: Transform, space: Any, smap: SourceMap) -> list[Spec
 
 
 def _transform_issues(path: tuple, t: Transform, size: int, what: str, smap: SourceMap) -> list[SpecIssue]:
-    """Lengths that fit ``size`` components, a scale without zeros, ordered clip bounds."""
+    """Lengths that fit ``size`` components, then finite values, a scale without zeros and ordered clip bounds."""
+    per_component = (1, size)
+    fields = [(("scale",), t.scale, per_component), (("offset",), t.offset, per_component)]
+    fields += [(("names",), t.names, (size,))] if t.names else []
+    fields += [(("clip", 0), t.clip[0], per_component), (("clip", 1), t.clip[1], per_component)] if t.clip else []
     issues = []
-    fields = {"scale": t.scale, "offset": t.offset, "names": t.names}
-    if t.clip is not None:
-        fields.update({"clip.low": t.clip[0], "clip.high": t.clip[1]})
-    for name, values in fields.items():
-        allowed = (size,) if name == "names" else (1, size)
-        if name == "names" and not values:
-            continue
+    for suffix, values, allowed in fields:
         if len(values) not in allowed:
-            where = (*path, *(("clip", int(name.endswith("high"))) if "." in name else (name,)))
-            counts = f"{size}" if name == "names" else f"one number, or {size} (one per component)"
-            message = f"{len(values)} values for {what}: give {counts}"
-            issues.append(SpecIssue(smap.locate(where), where, message))
+            counts = str(size) if allowed == (size,) else f"one number, or {size} (one per component)"
+            where = (*path, *suffix)
+            issues.append(SpecIssue(smap.locate(where), where, f"{len(values)} values for {what}: give {counts}"))
     if issues:
         return issues
-    if any(v == 0 or not math.isfinite(v) for v in t.scale) or not all(map(math.isfinite, t.offset)):
-        where = (*path, "scale") if any(v == 0 or not math.isfinite(v) for v in t.scale) else (*path, "offset")
-        return [SpecIssue(smap.locate(where), where, "expected finite numbers, and a scale without zeros")]
-    if t.clip is not None:
-        low, high = np.broadcast_to(t.clip[0], (size,)), np.broadcast_to(t.clip[1], (size,))
-        if (low > high).any():
-            where = (*path, "clip")
-            message = f"reversed clip bounds: low must not exceed high (low {list(t.clip[0])}, high {list(t.clip[1])})"
-            return [SpecIssue(smap.locate(where), where, message)]
+    for name, values in (("scale", t.scale), ("offset", t.offset)):
+        if not all(map(math.isfinite, values)) or (name == "scale" and 0 in values):
+            where = (*path, name)
+            return [SpecIssue(smap.locate(where), where, "expected finite numbers, and a scale without zeros")]
+    if t.clip is not None and (np.broadcast_to(t.clip[0], (size,)) > np.broadcast_to(t.clip[1], (size,))).any():
+        where = (*path, "clip")
+        message = f"reversed clip bounds: low must not exceed high (low {list(t.clip[0])}, high {list(t.clip[1])})"
+        return [SpecIssue(smap.locate(where), where, message)]
     return []
 
 
