@@ -3,6 +3,11 @@
     python benchmarks/learning.py specs/acrobot.yaml --seeds 0 1 2 --target -90
     python benchmarks/learning.py specs/memory.yaml --set model.core=[] --label "no core"
     python benchmarks/learning.py specs/cartpole.yaml --solve 500   # stop once evaluation reaches 500
+    python benchmarks/learning.py --default-budget --seeds 0 1 2     # env + model only, 8 and 4,096 envs
+
+``--default-budget`` trains specs that give only ``env`` and ``model`` (CartPole and Pendulum, each at
+8 and 4,096 environments): every train: value is the default the rule derives from env.num_envs
+(docs/runtime.md), the budget included, and each must reach its target (CartPole 500, Pendulum -250).
 
 With ``--solve``, the policy is evaluated at every log interval (evaluation time is not counted)
 and training stops at the first evaluation that reaches the target: the time to solve.
@@ -24,12 +29,35 @@ from pathlib import Path
 import torch
 
 from sfspec import pipeline
+from sfspec.compiler.budget import state_floats
 from sfspec.runtime.checkpoint import load_checkpoint
+from sfspec.runtime.config import RunnerConfig, num_envs_of, with_derived_defaults
 from sfspec.runtime.evaluate import evaluate
+from sfspec.runtime.threads import choose_threads, set_threads
 from sfspec.runtime.train import build_for_spec, resolve_device, train
 from sfspec.runtime.vec_env import make_env
 
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+_MLP = {"encoder": [{"linear": 64}, "tanh", {"linear": 64}, "tanh"]}
+_GAUSSIAN = {"normalize_obs": True, **_MLP, "action": {"std": {"init": 1.0}, "bounds": "clip"}}
+# name: (spec with env and model only, target return)
+DEFAULT_BUDGET = {
+    f"{task}@{n}": ({"env": {"id": f"sfspec/{task}-v1", "num_envs": n}, "model": model}, target)
+    for task, model, target in (("CartPole", _MLP, 500.0), ("Pendulum", _GAUSSIAN, -250.0))
+    for n in (8, 4096)
+}
+
+
+def prepare(loaded) -> dict:
+    """The spec as ``sfspec train`` runs it: derived train: defaults written in, the thread policy applied."""
+    checked = pipeline.check(loaded)
+    spec = with_derived_defaults(loaded.data)
+    cfg = RunnerConfig.from_spec(spec)
+    recurrent = state_floats(checked.plan) > 0
+    set_threads(choose_threads(cfg.threads, checked.memory.params.total, num_envs_of(spec), recurrent))
+    return spec
 
 
 def load_trained(spec: dict, env_cfg: dict, run_dir: Path, device: torch.device):
@@ -80,7 +108,8 @@ def run_seed(spec: dict, seed: int, args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec")
+    parser.add_argument("spec", nargs="?")
+    parser.add_argument("--default-budget", nargs="*", metavar="NAME", help=f"of {', '.join(DEFAULT_BUDGET)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--eval-env", help="evaluate on this env id (default: the spec's)")
@@ -90,9 +119,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--solve-episodes", type=int, default=10)
     parser.add_argument("--device")
     parser.add_argument("--label", default="")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="append the summary here (JSON lines)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
-    spec = pipeline.load(args.spec, args.overrides).data
+    if args.default_budget is not None:
+        return default_budget(args)
+    if not args.spec:
+        parser.error("give a SPEC, or --default-budget")
+    spec = prepare(pipeline.load(args.spec, args.overrides))
+    return run_spec(spec, args)
+
+
+def default_budget(args: argparse.Namespace) -> int:
+    """Every (or each named) env + model-only spec, at its default budget, for every seed."""
+    import yaml
+
+    from sfspec.spec.loader import load_spec
+
+    names = args.default_budget or list(DEFAULT_BUDGET)
+    for name in names:
+        spec, target = DEFAULT_BUDGET[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"{name.replace('@', '-')}.yaml"
+            path.write_text(yaml.safe_dump(spec))
+            loaded = load_spec(path, args.overrides)
+            args.spec, args.target, args.label = f"default-budget {name}", target, args.label or "default budget"
+            run_spec(prepare(loaded), args)
+    return 0
+
+
+def run_spec(spec: dict, args: argparse.Namespace) -> int:
+    """Train every seed of a prepared spec; append the summary to results.jsonl."""
     rows = []
     for seed in args.seeds:
         row = run_seed(spec, seed, args)
@@ -104,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         "label": args.label,
         "overrides": args.overrides,
         "env": spec["env"]["id"],
+        "num_envs": num_envs_of(spec),
+        "train": {k: spec["train"][k] for k in ("steps", "rollout", "epochs", "minibatches", "lr", "lr_schedule")},
         "eval_env": args.eval_env or spec["env"]["id"],
         "seeds": args.seeds,
         "return_mean_over_seeds": round(statistics.mean(returns), 2),
@@ -121,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         solved = [r["solved_time_s"] for r in rows if r["solved_time_s"] is not None]
         summary["solved_seeds"] = len(solved)
         summary["solve_time_mean_s"] = round(statistics.mean(solved), 2)
-    with RESULTS.open("a") as f:
+    with args.results.open("a") as f:
         f.write(json.dumps(summary) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
     return 0

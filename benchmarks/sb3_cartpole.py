@@ -2,6 +2,7 @@
 
     pip install stable-baselines3
     python benchmarks/sb3_cartpole.py [--seeds 0 1 2]
+    python benchmarks/sb3_cartpole.py --zoo-process DIR   # one whole SB3 process (benchmarks/startup.py --vs-sb3)
 
 Both train on CartPole-v1 for 100,000 steps and are evaluated deterministically on gymnasium's
 CartPole-v1 (20 episodes). sfspec runs twice: on gymnasium's sync vector env, as SB3 does, and on
@@ -121,10 +122,23 @@ def sfspec_run(spec_file: str, seed: int) -> dict:
     }
 
 
+def zoo_process(save_dir: str, seed: int = 0) -> int:
+    """What ``python -m rl_zoo3.train --algo ppo --env CartPole-v1`` does, as one process: train, save."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    model = zoo_ppo(make_vec_env("CartPole-v1", n_envs=8, seed=seed), seed)
+    model.learn(total_timesteps=BUDGET)
+    model.save(str(Path(save_dir) / "ppo_cartpole"))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--zoo-process", metavar="DIR", help="only train SB3 once and save to DIR (whole process)")
     args = parser.parse_args()
+    if args.zoo_process:
+        return zoo_process(args.zoo_process, args.seeds[0])
     torch.set_num_threads(2)
     rows = []
     for seed in args.seeds:

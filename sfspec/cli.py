@@ -80,8 +80,54 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     checked = pipeline.check(pipeline.load(args.spec, args.overrides))
     data = summary_data(checked.loaded.data["env"]["id"], pipeline.compile_checked(checked))
-    print(to_json(data) if args.json else format_summary(data))
+    data["train"] = _train_settings(checked)
+    print(to_json(data) if args.json else format_summary(data) + "\n" + _format_train(data["train"]))
     return 0
+
+
+def _train_settings(checked) -> dict:
+    """What training this spec would use: the derived defaults, the threads auto would choose, what is given."""
+    from sfspec.runtime.config import DERIVED, TrainConfig, num_envs_of
+    from sfspec.runtime.threads import choose_threads
+
+    spec = checked.loaded.data
+    given = spec.get("train") or {}
+    cfg = TrainConfig.from_spec(spec)
+    num_envs = num_envs_of(spec)
+    threads = choose_threads(cfg.threads, checked.memory.params.total, num_envs, _recurrent(checked), cuda=False)
+    shown = {key: getattr(cfg, key) for key in DERIVED}
+    return {
+        **shown,
+        "derived": [key for key in DERIVED if key not in given],  # chosen by the rule for env.num_envs
+        "num_envs": num_envs,
+        "batch": cfg.rollout * num_envs,
+        "minibatch": max(1, cfg.rollout * num_envs // cfg.minibatches),
+        "threads": threads,
+        "threads_setting": cfg.threads,
+    }
+
+
+def _recurrent(checked) -> bool:
+    from sfspec.compiler.budget import state_floats
+
+    return state_floats(checked.plan) > 0
+
+
+def _format_train(t: dict) -> str:
+    """The train settings as summary lines; values the rule chose are marked."""
+
+    def show(key: str) -> str:
+        value = f"{t[key]:,}" if isinstance(t[key], int) and not isinstance(t[key], bool) else str(t[key])
+        return f"{key} {value}" + (" *" if key in t["derived"] else "")
+
+    lines = [
+        f"train: {', '.join(show(k) for k in ('steps', 'rollout', 'epochs', 'minibatches', 'lr', 'lr_schedule'))}",
+        f"  batch {t['batch']:,} steps per update ({t['num_envs']:,} envs), minibatch {t['minibatch']:,}; "
+        f"threads {t['threads']} on CPU (train.threads: {t['threads_setting']})",
+    ]
+    if t["derived"]:
+        lines.append(f"  * derived from env.num_envs ({t['num_envs']:,}); docs/runtime.md")
+    return "\n".join(lines)
 
 
 # What --set may change when resuming: everything else is part of what the checkpoint was trained as.
@@ -145,7 +191,7 @@ def _resume_spec(run: Path, overrides: list[str]):
     """The spec to continue a run with, and whether the run already finished."""
     from sfspec import pipeline
     from sfspec.runtime.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from sfspec.runtime.config import TrainConfig
+    from sfspec.runtime.config import LEGACY_DEFAULTS, TrainConfig, with_derived_defaults
 
     if not (run / CHECKPOINT_NAME).exists():
         if not (run / "spec.yaml").is_file():
@@ -156,6 +202,8 @@ def _resume_spec(run: Path, overrides: list[str]):
     checked = _stored_spec(checkpoint["spec"], f"{run} (the run's spec)", overrides)
     loaded = checked.loaded
     _refuse_unresumable_overrides(checkpoint["spec"], loaded)
+    # Runs write the derived train: values into their spec; one without them predates the rule.
+    loaded.data = with_derived_defaults(loaded.data, LEGACY_DEFAULTS)
     steps, budget = checkpoint["global_step"], TrainConfig.from_spec(loaded.data).steps
     finished = bool(checkpoint.get("finished")) and steps >= budget
     if finished:
@@ -169,7 +217,9 @@ def _resume_spec(run: Path, overrides: list[str]):
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a spec (or continue a run) with the algorithm its train: section names."""
     from sfspec import pipeline
-    from sfspec.runtime.train import default_run_dir, train
+    from sfspec.runtime.config import RunnerConfig, num_envs_of, with_derived_defaults
+    from sfspec.runtime.threads import choose_threads, set_threads
+    from sfspec.runtime.train import default_run_dir, resolve_device, train
 
     spec_path = None
     if args.resume:
@@ -187,6 +237,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         raise UsageError("give a SPEC to train, or --resume RUN")
     loaded = checked.loaded
+    loaded.data = with_derived_defaults(loaded.data)  # the rule's values, written into the run's spec.yaml
+    cfg = RunnerConfig.from_spec(loaded.data)
+    device = resolve_device(args.device or cfg.device)
+    params, cuda = checked.memory.params.total, device.type == "cuda"
+    set_threads(choose_threads(cfg.threads, params, num_envs_of(loaded.data), _recurrent(checked), cuda))
     result = train(
         loaded.data,
         run_dir,
@@ -235,8 +290,9 @@ def _eval_one(path: str, args: argparse.Namespace) -> dict:
     """Evaluate one run, checkpoint or bundle; the summary ``--json`` prints."""
     from sfspec.compiler.build import build_from_plan
     from sfspec.export.evaluate import evaluate_bundle
-    from sfspec.runtime.config import RunnerConfig
+    from sfspec.runtime.config import RunnerConfig, num_envs_of
     from sfspec.runtime.evaluate import evaluate, record_video
+    from sfspec.runtime.threads import apply_to_model
     from sfspec.runtime.train import resolve_device
 
     if (Path(path) / "policy.json").is_file():  # an exported bundle, run by onnxruntime
@@ -249,7 +305,9 @@ def _eval_one(path: str, args: argparse.Namespace) -> dict:
     device = resolve_device(args.device or "cpu")
     model = build_from_plan(checked.plan, loaded.source_map).to(device)  # the plan the check made
     _load_weights(model, checkpoint, path)
-    seed = RunnerConfig.from_spec(spec).seed
+    runner = RunnerConfig.from_spec(spec)
+    apply_to_model(runner.threads, model, min(args.episodes, num_envs_of(spec)), device)
+    seed = runner.seed
     result = evaluate(model, spec["env"], args.episodes, seed, device).summary()
     if args.video:
         import gymnasium as gym
@@ -309,12 +367,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _export_one(source: Path, args: argparse.Namespace) -> None:
     """Export one run, checkpoint or bare spec; print where the bundle went and how well it matched."""
-    import torch
-
     from sfspec import pipeline
     from sfspec.export.bundle import export_bundle
     from sfspec.export.config import ExportConfig, ExportConfigError
     from sfspec.runtime.config import RunnerConfig
+    from sfspec.runtime.threads import apply_to_model
     from sfspec.runtime.train import seed_everything
 
     if source.suffix in (".yaml", ".yml"):
@@ -337,7 +394,7 @@ def _export_one(source: Path, args: argparse.Namespace) -> None:
         )
     except ExportConfigError as exc:
         raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.problem}") from None
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    apply_to_model(RunnerConfig.from_spec(loaded.data).threads, model, 1)  # tracing and parity run batch 1 or so
     report = export_bundle(model, loaded.data, out, config=config)
     worst = ", ".join(f"{k} {v:.2g}" for k, v in report.worst.items())
     print(f"bundle: {out} ({', '.join(report.files)}); parity worst abs error: {worst}")

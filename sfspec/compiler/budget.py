@@ -193,10 +193,9 @@ def estimate_memory(spec: dict, plan: ModelPlan, training: bool = True) -> Memor
     params = count_params(plan)
     if not training:
         return MemoryEstimate(params, params.total * 4, 0, 0, 0, 0, observation_bytes(plan))
-    from sfspec.spec.schema import schema_default
+    from sfspec.runtime.config import TrainConfig, num_envs_of
 
-    rollout = int(spec.get("train", {}).get("rollout", schema_default("train", "rollout")))
-    num_envs = int(spec.get("env", {}).get("num_envs", schema_default("env", "num_envs")))
+    rollout, num_envs = TrainConfig.from_spec(spec).rollout, num_envs_of(spec)  # the rollout the run will use
     obs = observation_bytes(plan)
     per_step = obs + 4 * (plan.action.size + state_floats(plan) + STEP_FLOATS)
     param_bytes = params.total * TRAIN_BYTES_PER_PARAM
