@@ -368,3 +368,9 @@ def test_register_custom_env() -> None:
         catalogue.remove(LongCartPole.env_id)
     with pytest.raises(TypeError):
         register_tensor_env("test/NotAnEnv-v0", dict)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("env_id", catalogue.BUNDLED_IDS)
+def test_the_catalogue_knows_each_bundled_time_limit_without_torch(env_id: str) -> None:
+    """Validation reads the time limit (for env.delay) from the torch-free catalogue: it must be the class's."""
+    assert catalogue.episode_limit(env_id) == catalogue.env_class(env_id).default_max_episode_steps

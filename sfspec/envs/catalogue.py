@@ -75,6 +75,20 @@ PARAMETERS: Mapping[str, Mapping[str, float]] = MappingProxyType(
 )
 NO_PARAMETERS: Mapping[str, float] = _frozen({})
 
+# Each bundled env's time limit in steps (its class's default_max_episode_steps; a test keeps them
+# equal): validation reads it without importing torch.
+EPISODE_LIMITS: Mapping[str, int] = MappingProxyType(
+    {
+        "sfspec/CartPole-v1": 500,
+        "sfspec/Pendulum-v1": 200,
+        "sfspec/Acrobot-v1": 500,
+        "sfspec/MountainCarContinuous-v0": 999,
+        "sfspec/Memory-v0": 1000,
+        "sfspec/PixelGoal-v0": 50,
+        "sfspec/Reach-v0": 100,
+    }
+)
+
 # Where a physical parameter makes sense: masses, lengths, forces and gains are positive; gravity and
 # damping may also be zero. A parameter not listed here has no bound (a plugin's may declare its own
 # with a ``parameter_minimums`` class attribute: name -> (minimum, inclusive)).
@@ -188,6 +202,14 @@ def add(env_entry: EnvEntry) -> None:
 def remove(env_id: str) -> None:
     """Forget a registered environment."""
     _CATALOGUE.pop(env_id, None)
+
+
+def episode_limit(env_id: str) -> int | None:
+    """A tensor env's default time limit in steps (bundled: without torch; None: no limit)."""
+    found = _CATALOGUE[env_id]
+    if found.cls is None and env_id in EPISODE_LIMITS:
+        return EPISODE_LIMITS[env_id]
+    return int(env_class(env_id).default_max_episode_steps) or None
 
 
 def env_class(env_id: str) -> type:

@@ -126,8 +126,8 @@ def _episode_limit(env_cfg: dict) -> int | None:
     if isinstance(kwargs.get("max_episode_steps"), int):
         return kwargs["max_episode_steps"]
     env_id = env_cfg["id"]
-    if catalogue.is_tensor_env(env_id):  # imports the env's class (and torch): only when a delay is given
-        return int(catalogue.env_class(env_id).default_max_episode_steps) or None
+    if catalogue.is_tensor_env(env_id):  # bundled: without torch
+        return catalogue.episode_limit(env_id)
     import gymnasium as gym
 
     return gym.spec(env_id).max_episode_steps
