@@ -5,6 +5,7 @@ Importing this module registers them and does not import torch; the build functi
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -163,8 +164,55 @@ _ACTIVATIONS = {
 
 def activation(name: str, **kwargs) -> nn.Module:
     """An activation module by its spec name."""
+    if name == "tanh":
+        return fast_tanh_class()()
     cls_name, _ = _ACTIVATIONS[name]
     return getattr(_nn(), cls_name)(**kwargs)
+
+
+@functools.cache
+def fast_tanh_class() -> type:
+    """``nn.Tanh`` computing 2 * sigmoid(2x) - 1 while training on the CPU: this CPU build's tanh
+    kernel costs about 2.6 ns per element, sigmoid 0.45 (benchmarks/rsl_rl.py). The result differs
+    from torch.tanh by at most 2.4e-7; the gradient is tanh's own. Evaluation, export, tracing and
+    torch.compile (eval mode or a graph being made) see torch.tanh itself.
+    """
+    import torch
+
+    class _TanhBySigmoid(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+            y = torch.sigmoid(x * 2.0).mul_(2.0).sub_(1.0)
+            ctx.save_for_backward(y)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+            (y,) = ctx.saved_tensors
+            return torch.ops.aten.tanh_backward(grad, y)
+
+    class Tanh(_nn().Tanh):
+        """torch's Tanh, with a faster CPU kernel in training mode (see ``fast_tanh_class``)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training and x.device.type == "cpu" and not _making_graph():
+                return _TanhBySigmoid.apply(x)
+            return torch.tanh(x)
+
+    return Tanh
+
+
+def _making_graph() -> bool:
+    """True while torch traces, scripts, compiles or exports (graphs get torch.tanh)."""
+    import torch
+
+    return (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.compiler.is_exporting()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 def _register_activation(name: str, params: dict) -> None:
