@@ -3,7 +3,7 @@
     python benchmarks/learning.py specs/acrobot.yaml --seeds 0 1 2 --target -90
     python benchmarks/learning.py specs/memory.yaml --set model.core=[] --label "no core"
     python benchmarks/learning.py specs/cartpole.yaml --solve 500   # stop once evaluation reaches 500
-    python benchmarks/learning.py --default-budget --seeds 0 1 2     # env + model only, 8 and 4,096 envs
+    python benchmarks/learning.py --default-budget --seeds 0 1 2 --stop-at-target   # env + model only, 8 and 4,096 envs
 
 ``--default-budget`` trains specs that give only ``env`` and ``model`` (CartPole and Pendulum, each at
 8 and 4,096 environments): every train: value is the default the rule derives from env.num_envs
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, help="the return the task asks for (printed as met or not)")
     parser.add_argument("--solve", type=float, help="stop training once evaluation reaches this return")
     parser.add_argument("--solve-episodes", type=int, default=10)
+    parser.add_argument("--stop-at-target", action="store_true", help="--default-budget: --solve at each one's target")
     parser.add_argument("--device")
     parser.add_argument("--label", default="")
     parser.add_argument("--results", type=Path, default=RESULTS, help="append the summary here (JSON lines)")
@@ -143,6 +144,7 @@ def default_budget(args: argparse.Namespace) -> int:
             path.write_text(yaml.safe_dump(spec))
             loaded = load_spec(path, args.overrides)
             args.spec, args.target, args.label = f"default-budget {name}", target, args.label or "default budget"
+            args.solve = target if args.stop_at_target else args.solve
             run_spec(prepare(loaded), args)
     return 0
 

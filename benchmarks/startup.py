@@ -69,15 +69,16 @@ def timed(command: list[str], tmp: Path, index: int) -> tuple[float, float]:
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
-def measure(commands: dict[str, list[str]], repeats: int) -> dict[str, list[tuple[float, float]]]:
-    """Every command ``repeats`` times, alternating; a first untimed round warms the file cache."""
+def measure(commands: dict[str, list[str]], repeats: int, warmup: int = 1) -> dict[str, list[tuple[float, float]]]:
+    """Every command ``repeats`` times, alternating, after ``warmup`` untimed rounds (the file cache)."""
     times: dict[str, list[tuple[float, float]]] = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(repeats + 1):
+        for round_ in range(warmup + repeats):
             for i, (name, command) in enumerate(commands.items()):
                 result = timed(command, Path(tmp), round_ * 100 + i)
-                if round_:
+                if round_ >= warmup:
                     times[name].append(result)
+                print(f"{name}: {result[0]:.2f} s wall, {result[1]:.2f} s CPU", file=sys.stderr, flush=True)
     return times
 
 
@@ -102,10 +103,8 @@ def importtime(args: list[str], top: int) -> str:
     rows = []
     for line in proc.stderr.splitlines():
         if line.startswith("import time:") and "|" in line and "cumulative" not in line:
-            _, own, cumulative, name = (part.strip() for part in line.replace("import time:", "").split("|", 2) + [""])[
-                :4
-            ]
-            rows.append((int(cumulative), int(own), name))
+            own, cumulative, name = line.replace("import time:", "").split("|", 2)
+            rows.append((int(cumulative), int(own), name.strip()))
     rows.sort(reverse=True)
     out = ["| module | cumulative ms | self ms |", "|---|---|---|"]
     out += [f"| `{name}` | {cum / 1000:.0f} | {own / 1000:.0f} |" for cum, own, name in rows[:top]]
@@ -118,12 +117,13 @@ def main() -> int:
     parser.add_argument("--vs-sb3", action="store_true", help="cartpole_fast's whole train against SB3's")
     parser.add_argument("--importtime", nargs=argparse.REMAINDER, help="sfspec ARGS to profile with -X importtime")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
     args = parser.parse_args()
     if args.importtime:
         print(importtime(args.importtime, args.top))
         return 0
     print(f"{os.cpu_count()} CPUs (affinity {len(os.sched_getaffinity(0))}), load {os.getloadavg()[0]:.1f} at start")
-    times = measure((sb3_commands if args.vs_sb3 else startup_commands)(Path()), args.repeats)
+    times = measure((sb3_commands if args.vs_sb3 else startup_commands)(Path()), args.repeats, args.warmup)
     print(table(times))
     if args.vs_sb3:
         ours, theirs = (statistics.median(w for w, _ in runs) for runs in times.values())
