@@ -11,15 +11,19 @@ run without torchrun does exactly what it did before (no extra synchronisation, 
 from __future__ import annotations
 
 import io
+import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from sfspec.io import atomic_write_text
 from sfspec.runtime.errors import TrainingError
 
 # A rank that stops answering (hung, not dead: a dead one closes its sockets at once) ends the job after this.
@@ -291,12 +295,17 @@ def moments_row(rms: nn.Module) -> torch.Tensor:
 
 
 def record_failure(exc: BaseException) -> None:
-    """Write the error where torchrun's summary reads it (its error file), so the job's report names it."""
-    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
-        return
-    try:
-        from torch.distributed.elastic.multiprocessing.errors import get_error_handler
+    """Write the error where torchrun's summary reads it (its error file), so the job's report names it.
 
-        get_error_handler().record_exception(exc)
-    except Exception:  # reporting must never hide the error itself
+    The file holds the error's message alone, not the traceback of the collective that broke: the
+    summary then says why in one line, even for a rank that torchrun kills before it can print.
+    """
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    message = f"{type(exc).__name__}: {exc}"
+    data = {"message": {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}}
+    try:
+        atomic_write_text(Path(path), json.dumps(data))
+    except OSError:  # reporting must never hide the error itself
         pass

@@ -20,7 +20,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -130,9 +130,15 @@ class _StopSignals:
     """Ctrl-C and SIGTERM ask the loop to stop at the next update boundary, where a checkpoint is exact.
 
     A second Ctrl-C stops at once (the last checkpoint is kept). Outside the main thread signals
-    cannot be caught, so there the default behaviour stays. Under torchrun (``patient``) a second
-    signal only repeats the request: torchrun forwards the terminal's Ctrl-C to ranks that already
-    had it, and every rank must reach the boundary to save; torchrun's SIGKILL ends a rank that cannot.
+    cannot be caught, so there the default behaviour stays.
+
+    Under torchrun (``patient``) the process is one rank of a job, and a signal only ever asks:
+    torchrun forwards the terminal's Ctrl-C (or the scheduler's SIGTERM) to every rank, and all must
+    reach the boundary to save together; torchrun's SIGKILL ends a rank that cannot. A patient
+    handler is installed for the whole run, set-up and process group included, and stays after it:
+    a signal that comes late (to a rank that already stopped with the others, or that is reporting
+    why it failed while torchrun stops the job) must not kill it before it says so, and the process
+    is on its way out anyway.
     """
 
     def __init__(self, patient: bool = False) -> None:
@@ -152,6 +158,8 @@ class _StopSignals:
         self.requested = True
 
     def __exit__(self, *exc) -> None:
+        if self.patient:
+            return
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
 
@@ -180,7 +188,8 @@ def train(
     cfg = RunnerConfig.from_spec(spec)
     launch = torchrun_launch()
     device = rank_device(resolve_device(device_name or cfg.device), launch)
-    with open_communicator(launch, device) as comm:
+    stop = _StopSignals(patient=True) if launch is not None and launch.world_size > 1 else None
+    with stop or nullcontext(), open_communicator(launch, device) as comm:
         try:
             with ExitStack() as stack:
                 opened = _open_run(stack, spec, run_dir, resume, spec_path, device, launch, comm)
@@ -193,7 +202,7 @@ def train(
                 logger = NullLogger()
                 if comm.rank == 0:
                     logger = RunLogger(run_dir, runner.total_steps, runner.step, quiet, spec_name)
-                return runner.run(logger, on_log)
+                return runner.run(logger, on_log, stop)
         except Exception as exc:
             if not comm.active:
                 raise
@@ -384,13 +393,21 @@ class Runner:
         """Environment steps when the budget is spent."""
         return self.base[1] + (self.total - self.base[0]) * self.batch
 
-    def run(self, logger: RunLogger, on_log: Callable[[dict, ActorCritic], bool] | None = None) -> TrainResult:
-        """Iterate until the budget is spent, the user stops the run, or ``on_log`` says so."""
+    def run(
+        self,
+        logger: RunLogger,
+        on_log: Callable[[dict, ActorCritic], bool] | None = None,
+        stop: _StopSignals | None = None,
+    ) -> TrainResult:
+        """Iterate until the budget is spent, the user stops the run, or ``on_log`` says so.
+
+        ``stop``: the stop signals, when the caller installed them already (data-parallel: for the whole run).
+        """
         self.started = time.perf_counter()  # the run's clock: set-up and the logger's start are not training
         self.logger, self.interval = logger, (self.started, self.step)
         interrupted = False
         try:
-            with _StopSignals(patient=self.comm.active) as stop:
+            with nullcontext(stop) if stop is not None else _StopSignals(patient=self.comm.active) as stop:
                 while self.update < self.total:
                     try:
                         stats = self.algorithm.iteration(self.env, self.update)
