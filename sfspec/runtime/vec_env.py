@@ -2,8 +2,9 @@
 
 Two adapters share one interface: ``TensorEnvAdapter`` for environments that are themselves tensors
 (their data never leaves the device) and ``GymVectorAdapter`` for gymnasium vector envs (sync, async
-or the env's own batched entry point), which copy once per step between host and device.
-Both autoreset in the same step and return the true final observation for bootstrapping.
+or the env's own batched entry point), which copy once per step between host and device; EnvPool's
+(``sfspec.runtime.envpool_env``) is a ``GymVectorAdapter``. They return the true final observation for
+bootstrapping; an env that autoresets on the next step reports that step as not valid.
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def make_env(env_cfg: dict, seed: int, device: torch.device, interface: Interfac
 
 
 def _make_plain_env(cfg: EnvConfig, device: torch.device, seed: int) -> TensorEnvAdapter | GymVectorAdapter:
-    """The env adapter itself: a tensor env's, or a gymnasium vector env's."""
+    """The env adapter itself: a tensor env's, a gymnasium vector env's, or an EnvPool's."""
     env_id, num_envs, kwargs = cfg.id, cfg.num_envs, cfg.kwargs
     if catalogue.is_tensor_env(env_id):  # bundled or registered by a plugin, whatever its namespace
         from sfspec.envs.factory import make_tensor_env
@@ -244,6 +245,10 @@ def _make_plain_env(cfg: EnvConfig, device: torch.device, seed: int) -> TensorEn
         env = make_tensor_env(env_id, num_envs, device=device, seed=seed, **kwargs)
         env.set_randomization(cfg.randomize)  # drawn per row at every episode start, from reset() on
         return TensorEnvAdapter(env, env_id, device)
+    if cfg.vectorization == "envpool":  # the optional C++ batched simulator (sfspec.runtime.envpool_env)
+        from sfspec.runtime.envpool_env import EnvPoolAdapter
+
+        return EnvPoolAdapter(env_id, num_envs, seed, kwargs, device)
     import gymnasium as gym
     from gymnasium.vector import AutoresetMode
 

@@ -12,7 +12,11 @@ ENV_PARAMS: dict[str, dict] = {
     "id": {"type": "string", "description": "a gymnasium id, 'module:Env-v0', or sfspec/..."},
     "num_envs": {"type": "integer", "minimum": 1, "default": 8, "description": "environments stepped together"},
     "kwargs": {"type": "object", "description": "passed to the environment's constructor (gymnasium.make)"},
-    "vectorization": {"enum": ["auto", "sync", "async", "vector_entry_point"], "default": "auto"},
+    "vectorization": {
+        "enum": ["auto", "sync", "async", "vector_entry_point", "envpool"],
+        "default": "auto",
+        "description": "gymnasium ids: how the environments are batched; envpool needs the optional envpool package",
+    },
     "randomize": {
         "type": "object",
         "description": (

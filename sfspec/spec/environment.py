@@ -20,6 +20,11 @@ def env_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
     """(observation space, action space) of one environment the spec describes."""
     env_id = env_cfg["id"]
     path = ("env", "id")
+    if env_cfg.get("vectorization") == "envpool":
+        spaces = envpool_spaces(env_cfg, smap)
+        check_randomize(env_cfg, smap)
+        check_robustness(env_cfg, spaces[0], smap)
+        return spaces
     if catalogue.is_tensor_env(env_id):  # bundled, or registered by a plugin whatever its namespace
         check_randomize(env_cfg, smap)
         spaces = _guard(lambda: catalogue.env_spaces(env_id, env_cfg.get("kwargs", {})), env_id, smap)
@@ -196,3 +201,115 @@ def _guard(make, env_id: str, smap: SourceMap):
         raise SpecError(
             SpecIssue(smap.locate(path), path, f"cannot make '{env_id}': {type(exc).__name__}: {exc}")
         ) from None
+
+
+# EnvPool's own settings that sfspec sets from the spec (env.num_envs, train.seed), never env.kwargs.
+ENVPOOL_SET_BY_SFSPEC = ("num_envs", "batch_size", "seed", "env_seed", "max_num_players", "base_path")
+# EnvPool's engine settings, not the task's: passed to EnvPool only (gymnasium's env has no such option).
+ENVPOOL_ENGINE_KWARGS = ("num_threads", "thread_affinity_offset")
+
+
+def envpool_spaces(env_cfg: dict, smap: SourceMap) -> tuple[Any, Any]:
+    """(observation, action) spaces of a gymnasium id run by EnvPool: installed, known to both, the same task."""
+    env_id, kwargs = env_cfg["id"], dict(env_cfg.get("kwargs") or {})
+    if catalogue.is_tensor_env(env_id) or env_id.startswith(TENSOR_ENV_PREFIX):
+        path = ("env", "vectorization")
+        message = f"'{env_id}' is a tensor environment, batched by itself: remove vectorization: envpool"
+        raise SpecError(SpecIssue(smap.locate(path), path, message))
+    envpool = import_envpool(smap)
+    supported = envpool_gymnasium_ids(envpool)
+    if env_id not in supported:
+        _envpool_refuses_id(env_id, envpool, supported, smap)
+    refused = sorted(set(kwargs) & set(ENVPOOL_SET_BY_SFSPEC))
+    if refused:
+        kw_path = ("env", "kwargs", refused[0])
+        message = f"'{refused[0]}' is set by sfspec (from env.num_envs and train.seed), not in env.kwargs"
+        raise SpecError(SpecIssue(smap.locate(kw_path, key=True), kw_path, message))
+    pool = _envpool_task_spaces(envpool, env_id, kwargs, smap)
+    reference = _gymnasium_spaces(env_id, {k: v for k, v in kwargs.items() if k not in ENVPOOL_ENGINE_KWARGS})
+    if reference is None:  # gymnasium cannot build it here (Box2D missing, v2/v3 MuJoCo): EnvPool ships its own
+        return pool
+    _check_same_task(env_id, pool, reference, smap)
+    return reference  # gymnasium's spaces (their dtypes), so the model and its bundle match a gymnasium run's
+
+
+def _envpool_task_spaces(envpool: Any, env_id: str, kwargs: dict, smap: SourceMap) -> tuple[Any, Any]:
+    """EnvPool's spaces for the task with these kwargs, or a spec error at ``env.kwargs`` naming its options."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # EnvPool's float64 bounds cast to a float32 Box: expected, not news
+            warnings.simplefilter("ignore", UserWarning)
+            pool_spec = envpool.make_spec(env_id, **kwargs)
+            return pool_spec.gymnasium_observation_space, pool_spec.gymnasium_action_space
+    except (TypeError, ValueError) as exc:  # an option EnvPool's task does not have, or a bad value
+        kw_path = ("env", "kwargs")
+        options = ", ".join(k for k in envpool.make_spec(env_id).config._fields if k not in ENVPOOL_SET_BY_SFSPEC)
+        message = f"EnvPool's '{env_id}' refuses these kwargs: {exc}; its options: {options}"
+        raise SpecError(SpecIssue(smap.locate(kw_path), kw_path, message)) from None
+
+
+def import_envpool(smap: SourceMap) -> Any:
+    """The ``envpool`` module, or a spec error at ``env.vectorization`` saying how to get it."""
+    path = ("env", "vectorization")
+    try:
+        import envpool
+    except ImportError as exc:
+        message = (
+            f"vectorization 'envpool' needs the envpool package, which cannot be imported here ({exc}): "
+            "pip install 'sfspec[envpool]' (Linux, Python >= 3.11), or use vectorization: async"
+        )
+        raise SpecError(SpecIssue(smap.locate(path), path, message)) from None
+    return envpool
+
+
+def envpool_gymnasium_ids(envpool: Any) -> list[str]:
+    """The ids EnvPool runs under gymnasium's own name (its other ids are its own tasks, e.g. preprocessed Atari).
+
+    Namespaced ids (gymnasium's jax ``phys2d/``, ``tabular/``) are left out: EnvPool's are other implementations.
+    """
+    import gymnasium as gym
+
+    return sorted(i for i in set(envpool.list_all_envs()) & set(gym.registry) if "/" not in i)
+
+
+def _envpool_refuses_id(env_id: str, envpool: Any, supported: list[str], smap: SourceMap) -> None:
+    """Raise the spec error for an id EnvPool cannot run as gymnasium's task."""
+    path = ("env", "vectorization")
+    if env_id in envpool.list_all_envs():
+        message = (
+            f"'{env_id}' is EnvPool's own id, not a gymnasium one (EnvPool's Atari ids, for instance, apply "
+            "their own preprocessing): sfspec runs EnvPool only for the gymnasium ids it reproduces"
+        )
+    else:
+        message = (
+            f"EnvPool has no '{env_id}'{did_you_mean(env_id, supported)}; use vectorization: async for it, "
+            f"or one of EnvPool's gymnasium ids: {', '.join(supported)}"
+        )
+    raise SpecError(SpecIssue(smap.locate(path), path, message))
+
+
+def _gymnasium_spaces(env_id: str, kwargs: dict) -> tuple[Any, Any] | None:
+    """gymnasium's own spaces for the id, or None when gymnasium cannot build it here."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id, **kwargs)
+    except Exception:  # a missing dependency, a retired version, or an option only EnvPool has
+        return None
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def _check_same_task(env_id: str, pool: tuple[Any, Any], reference: tuple[Any, Any], smap: SourceMap) -> None:
+    """Refuse an EnvPool task whose spaces are not gymnasium's (same kind, same shape): another task by that name."""
+    for what, mine, theirs in zip(("observation", "action"), pool, reference):
+        if type(mine) is not type(theirs) or getattr(mine, "shape", None) != getattr(theirs, "shape", None):
+            path = ("env", "vectorization")
+            message = (
+                f"EnvPool's '{env_id}' has the {what} space {mine}, gymnasium's has {theirs}: not the same task; "
+                "use vectorization: async for it"
+            )
+            raise SpecError(SpecIssue(smap.locate(path), path, message))
