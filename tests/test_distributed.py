@@ -297,6 +297,9 @@ def test_a_killed_rank_then_sigterm_then_ctrl_c_each_keep_an_intact_checkpoint_a
     assert killed.returncode != 0
     output = killed.stdout + killed.stderr
     assert "rank: 1" in output and "Signal 9" in output, output[-3000:]
+    # Rank 0 says so itself, and so does torchrun's summary: torchrun's SIGTERM to the ranks left, which
+    # comes as rank 0 reports, must not kill it first.
+    assert "sfspec: rank 0: another rank stopped" in output, output[-3000:]
     assert "traceback : TrainingError: rank 0: another rank stopped" in output, output[-3000:]
     assert load_checkpoint(run)["update"] == 2 and _saves(tmp_path / "killed", 0) == [2]
 
