@@ -100,6 +100,9 @@ DRIVER = textwrap.dedent(
 
     def log_then_wait(self, stats, on_log):
         stop = log(self, stats, on_log)
+        if self.comm.rank == 0 and os.environ.get("SNAPSHOTS"):  # rank 0's weights after every update
+            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+            torch.save(weights, f"{OUT}/update{self.update}.pt")
         if self.comm.rank == 0 and self.update == int(os.environ.get("STOP_AT", -1)):
             open(f"{OUT}/ready", "w").close()
             deadline = time.monotonic() + 120
@@ -253,7 +256,7 @@ UPDATES = 8  # of the shared 2-rank run: 2 ranks x 4 envs x 16 steps = 128 steps
 def straight(tmp_path_factory) -> Path:
     """One 2-rank run never interrupted (shared: the tests that stop, kill or restart a run compare with it)."""
     tmp_path = tmp_path_factory.mktemp("straight")
-    result = _launch(tmp_path, tmp_path / "out", [_straight_spec(tmp_path), "--run-dir", "run"], 2)
+    result = _launch(tmp_path, tmp_path / "out", [_straight_spec(tmp_path), "--run-dir", "run"], 2, SNAPSHOTS="1")
     _assert_ok(result)
     return tmp_path
 
@@ -287,9 +290,10 @@ def test_every_rank_holds_the_same_normaliser_statistics_and_the_steps_are_the_g
     assert _saves(straight / "out", 0) == [2, 4, 6, 8] and _saves(straight / "out", 1) == []
 
 
-def _assert_stopped_once(code: int, output: str, out: Path, run: Path, at: int) -> None:
+def _assert_stopped_once(code: int, output: str, out: Path, run: Path, at: int, straight: Path) -> None:
     """Both ranks stopped together at update ``at`` by themselves (each says so; torchrun had to kill none),
-    and rank 0 alone wrote one checkpoint there, intact, beside the one of the interval before."""
+    and rank 0 alone wrote one checkpoint there, intact, beside the one of the interval before; its weights
+    are the uninterrupted run's at that update (the run resumed before it was exact)."""
     assert code != 0 and output.count(f"sfspec: interrupted at step {128 * at:,}; checkpoint saved") == 2, output
     # The one traceback is torchrun's own report of the signal it got; no rank failed.
     assert output.count("Traceback") == output.count("SignalException: Process") == 1, output[-3000:]
@@ -298,6 +302,8 @@ def _assert_stopped_once(code: int, output: str, out: Path, run: Path, at: int) 
     assert _saves(out, 0) == [at - 1, at] and _saves(out, 1) == []
     checkpoint = load_checkpoint(run)  # intact: verified by its checksum
     assert checkpoint["update"] == at and not checkpoint["finished"] and len(checkpoint["ranks"]) == 2
+    expected = _weights(straight / "out" / f"update{at}.pt")
+    assert all(torch.equal(checkpoint["model"][k], v) for k, v in expected.items())
 
 
 @pytest.mark.slow
@@ -325,11 +331,11 @@ def test_a_killed_rank_then_sigterm_then_ctrl_c_each_keep_an_intact_checkpoint_a
 
     sigterm = tmp_path / "sigterm"
     code, output = _launch_and_stop(tmp_path, sigterm, ["--resume", "run"], 4, lambda pid: os.kill(pid, signal.SIGTERM))
-    _assert_stopped_once(code, output, sigterm, run, 5)
+    _assert_stopped_once(code, output, sigterm, run, 5, straight)
 
     ctrl_c = tmp_path / "ctrl_c"
     code, output = _launch_and_stop(tmp_path, ctrl_c, ["--resume", "run"], 6, lambda pid: os.killpg(pid, signal.SIGINT))
-    _assert_stopped_once(code, output, ctrl_c, run, 7)
+    _assert_stopped_once(code, output, ctrl_c, run, 7, straight)
 
     resumed = _launch(tmp_path, tmp_path / "resumed", ["--resume", "run"], 2)
     _assert_ok(resumed)
