@@ -111,9 +111,13 @@ def record_video(model: ActorCritic, env_cfg: dict, out_dir: Path, seed: int, de
 
     from sfspec.runtime.interface import InterfaceAdapter
     from sfspec.runtime.vec_env import GymVectorAdapter
+    from sfspec.spec.environment import ENVPOOL_ENGINE_KWARGS
+
+    # gymnasium's own env renders, also for a spec trained on EnvPool: without EnvPool's engine options
+    kwargs = {k: v for k, v in (env_cfg.get("kwargs") or {}).items() if k not in ENVPOOL_ENGINE_KWARGS}
 
     def make() -> gym.Env:
-        env = gym.make(env_cfg["id"], render_mode="rgb_array", **env_cfg.get("kwargs", {}))
+        env = gym.make(env_cfg["id"], render_mode="rgb_array", **kwargs)
         return RecordVideo(env, str(out_dir), episode_trigger=lambda episode: episode == 0, disable_logger=True)
 
     vector = SyncVectorEnv([make], autoreset_mode=AutoresetMode.SAME_STEP)
