@@ -86,8 +86,8 @@ def cycles(lazy: bool) -> list[list[str]]:
 
 def test_the_import_reader_sees_module_and_function_level_imports():
     budget = imports_of("sfspec.compiler.budget", lazy=False)
-    assert "sfspec.compiler.plan" in budget and "sfspec.spec.schema" not in budget
-    assert "sfspec.spec.schema" in imports_of("sfspec.compiler.budget", lazy=True)  # inside estimate_memory
+    assert "sfspec.compiler.plan" in budget and "sfspec.runtime.config" not in budget
+    assert "sfspec.runtime.config" in imports_of("sfspec.compiler.budget", lazy=True)  # inside estimate_memory
     assert "sfspec.compiler.plan" not in imports_of("sfspec.compiler.model", lazy=True)  # TYPE_CHECKING only
 
 

@@ -19,7 +19,7 @@ from conftest import write_yaml as write
 from sfspec.compiler.build import compile_model
 from sfspec.io import atomic_write
 from sfspec.runtime.checkpoint import load_checkpoint
-from sfspec.runtime.config import TrainConfig
+from sfspec.runtime.config import TrainConfig, scale_defaults
 from sfspec.runtime.ppo import Carry, Rollout, collect_rollout, compute_gae
 from sfspec.runtime.vec_env import make_env
 from sfspec.spec.schema import train_schema
@@ -53,9 +53,12 @@ CARTPOLE = {
 def test_config_defaults_come_from_the_schema():
     cfg = TrainConfig.from_spec({"train": {"lr": 1e-3, "steps": 1e5}})
     assert cfg.lr == 1e-3 and cfg.steps == 100_000 and isinstance(cfg.steps, int)
+    derived = scale_defaults(8)  # no env: the schema's num_envs, 8
     for name, prop in train_schema()["properties"].items():
         if name != "lr" and name != "steps":
-            assert getattr(cfg, name) == prop["default"], name
+            # a setting that depends on the number of environments says so and follows the one rule
+            expected = derived[name] if prop.get("x-derived") == "env.num_envs" else prop["default"]
+            assert getattr(cfg, name) == expected, name
 
 
 def test_gae_matches_a_hand_computed_case():

@@ -42,7 +42,7 @@ from sfspec.runtime.checkpoint import (
     parse_checkpoint,
     save_checkpoint,
 )
-from sfspec.runtime.config import RunnerConfig
+from sfspec.runtime.config import RunnerConfig, with_derived_defaults
 from sfspec.runtime.distributed import (
     Launch,
     NoComm,
@@ -63,6 +63,7 @@ from sfspec.runtime.rundir import (
     refuse_existing_run,
     truncate_metrics,
 )
+from sfspec.runtime.threads import apply_to_model
 from sfspec.runtime.vec_env import EnvStepError, make_env
 from sfspec.spec.config import EnvConfig
 from sfspec.spec.loader import SourceMap
@@ -185,6 +186,7 @@ def train(
     model plan ``pipeline.check`` made, so the model is built from it instead of planned again.
     Started by torchrun, this process is one rank of a data-parallel run (see the module's docstring).
     """
+    spec = with_derived_defaults(spec)  # the rule's train: values, written into spec.yaml and the checkpoint
     cfg = RunnerConfig.from_spec(spec)
     launch = torchrun_launch()
     device = rank_device(resolve_device(device_name or cfg.device), launch)
@@ -349,6 +351,8 @@ class Runner:
             self.model = build_from_plan(plan, smap).to(device)
         else:
             self.model = build_for_spec(spec, env, device, smap)
+        if checkpoint is None or not checkpoint.get("threads"):  # a resume keeps its run's count (_open_run)
+            apply_to_model(cfg.threads, self.model, env.num_envs, device)
         self.algorithm: Algorithm = make_algorithm(self.model, env, spec.get("train", {}), device, comm)
         self.local_keys = tuple(getattr(self.algorithm, "local_keys", ()))
         self.total, self.batch = self.algorithm.total_iterations, self.algorithm.steps_per_iteration
