@@ -27,6 +27,7 @@ from sfspec.compiler.model import ActorCritic, RunningMeanStd
 from sfspec.runtime.config import TrainConfig
 from sfspec.runtime.distributed import NoComm, fold_moments, merge_moments, moments_row
 from sfspec.runtime.errors import TrainingError
+from sfspec.runtime.optim import LeanAdam
 from sfspec.runtime.vec_env import ObsDict, Step
 
 NO_COMM = NoComm()
@@ -414,6 +415,7 @@ def ppo_update(
     totals: dict[str, torch.Tensor] = {}
     updates = 0
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    clip_groups = gradient_clip_groups(model)
     for _ in range(cfg.epochs):
         epoch_kl = torch.zeros((), device=next_value.device)
         order = torch.randperm(count, device=next_value.device)  # drawn even if unused: the same random stream
@@ -426,7 +428,8 @@ def ppo_update(
             if comm.active:
                 comm.average_gradients(params)
             if cfg.max_grad_norm is not None:
-                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm, foreach=True)
+                for group in clip_groups:
+                    nn.utils.clip_grad_norm_(group, cfg.max_grad_norm, foreach=True)
             optimizer.step()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -444,6 +447,21 @@ def ppo_update(
     residual = (returns - rollout.values).var()
     out["explained_variance"] = 1.0 - residual / (returns.var() + 1e-8)
     return out
+
+
+def gradient_clip_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+    """The parameter groups whose gradient norms ``max_grad_norm`` bounds, each on its own.
+
+    With a separate critic stack, the actor's parameters and the critic's are clipped apart (as
+    rsl_rl does): the value loss's gradient, often hundreds of times the policy's, would otherwise
+    set the common scale and shrink the policy's step to almost nothing. Shared weights: one group.
+    """
+    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if getattr(model, "critic_stack", None) is None:
+        return [[p for _, p in params]]
+    critic = [p for name, p in params if name.startswith(("critic_stack.", "critic_linear."))]
+    actor = [p for name, p in params if not name.startswith(("critic_stack.", "critic_linear."))]
+    return [group for group in (actor, critic) if group]
 
 
 def _adapt_lr(optimizer: torch.optim.Optimizer, kl: float, desired: float) -> None:
@@ -525,7 +543,7 @@ def reduce_and_check(
 
 def make_optimizer(model: ActorCritic, lr: float) -> torch.optim.Optimizer:
     """Adam with its fused kernel (one call for all parameters, CPU and CUDA alike)."""
-    return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-5, fused=True)
+    return LeanAdam(model.parameters(), lr=lr, eps=1e-5, fused=True)  # torch.optim.Adam, without torch._dynamo
 
 
 _CARRIED = ("state", "done", "episode_return", "episode_length", "discounted_return")
