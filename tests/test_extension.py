@@ -180,3 +180,13 @@ def test_plugin_layer_without_shape_rule_is_probed(write_spec):
     )
     assert model.actor_stack.out_size() == 5
     assert gym.make("CartPole-v1").observation_space.shape == (4,)
+
+
+def test_commands_skip_the_entry_point_scan_when_no_distribution_declares_a_plugin(tmp_path):
+    code = (
+        "import sys; from sfspec.cli import main; code = main(['validate', '--no-env', "
+        f"{os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'specs', 'cartpole.yaml')!r}]); "
+        "assert 'importlib.metadata' not in sys.modules, 'importlib.metadata was imported'; sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
