@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -214,8 +216,28 @@ def _resume_spec(run: Path, overrides: list[str]):
     return checked, finished
 
 
+def _torchrun_command(args: argparse.Namespace) -> list[str]:
+    """``sfspec train --nproc N ...`` as the torchrun command that starts N ranks of the same training."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
+    command += ["-m", "sfspec", "train"]
+    if args.spec:
+        command.append(args.spec)
+    for flag, value in (("--run-dir", args.run_dir), ("--device", args.device), ("--resume", args.resume)):
+        if value:
+            command += [flag, value]
+    for module in args.plugin:
+        command += ["--plugin", module]
+    for override in args.overrides:
+        command += ["--set", override]
+    return [*command, "-q"] if args.quiet else command
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a spec (or continue a run) with the algorithm its train: section names."""
+    if args.nproc is not None and "RANK" not in os.environ:  # the launcher; torchrun's ranks train
+        if args.nproc < 1:
+            raise UsageError(f"--nproc {args.nproc}: give at least 1 process")
+        return subprocess.call(_torchrun_command(args))
     from sfspec import pipeline
     from sfspec.runtime.config import RunnerConfig, num_envs_of, with_derived_defaults
     from sfspec.runtime.threads import choose_threads, set_threads
@@ -261,8 +283,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print(f"trained {result.global_step:,} steps; run: {run_dir}")
-    print(f"next: sfspec eval {run}  |  sfspec plot {run}  |  sfspec export {run}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the job
+        print(f"trained {result.global_step:,} steps; run: {run_dir}")
+        print(f"next: sfspec eval {run}  |  sfspec plot {run}  |  sfspec export {run}")
     return 0
 
 
@@ -479,6 +502,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the spec's train.device)")
     p.add_argument("--resume", metavar="RUN", help="continue a run from its last checkpoint")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel: start N ranks on this machine with torchrun (docs/distributed.md)",
+    )
     _add_common(p)
 
     p = sub.add_parser("eval", help=COMMANDS["eval"][1], description=COMMANDS["eval"][1])

@@ -451,3 +451,32 @@ def test_a_non_finite_loss_on_one_rank_is_named_with_that_rank_on_every_rank():
     with pytest.raises(TrainingError, match=r"^rank 1: the loss became nan at step 16 of X-v0"):
         reduce_and_check(stats, torch.zeros(2), rollout, "X-v0", 1, 8, TwoRanks())
     assert reduce_and_check(stats, torch.zeros(2), rollout, "X-v0", 1, 8, NoComm())["loss"] == 0.5
+
+
+def test_train_nproc_starts_torchrun_with_the_same_arguments(cli, tmp_path, monkeypatch):
+    """``sfspec train --nproc N`` is torchrun's launcher for N ranks of the same command (its ranks train)."""
+    import sfspec.cli
+
+    calls = []
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.setattr(sfspec.cli.subprocess, "call", lambda command: calls.append(command) or 0)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("env: {id: sfspec/CartPole-v1}\nmodel: {}\n")
+    args = ["train", str(spec), "--nproc", "2", "--run-dir", "r", "--set", "train.steps=64", "--plugin", "json", "-q"]
+    assert cli(*args).code == 0
+    (command,) = calls
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    assert command[5:] == [
+        "-m",
+        "sfspec",
+        "train",
+        str(spec),
+        "--run-dir",
+        "r",
+        "--plugin",
+        "json",
+        "--set",
+        "train.steps=64",
+        "-q",
+    ]
+    assert cli("train", str(spec), "--nproc", "0").code == 2  # a usage error, not a launch
