@@ -40,11 +40,16 @@ class RunningMeanStd(nn.Module):
     def update(self, x: torch.Tensor) -> None:
         """Fold a batch (batch, *shape) into the statistics."""
         x = x.reshape(-1, *self.mean.shape).to(torch.float64)
-        batch_mean, batch_var, n = x.mean(0), x.var(0, unbiased=False), x.shape[0]
-        total = self.count + n
-        delta = batch_mean - self.mean
-        new_mean = self.mean + delta * (n / total)
-        m2 = self.var * self.count + batch_var * n + delta.pow(2) * self.count * n / total
+        self.fold(torch.tensor(float(x.shape[0]), dtype=torch.float64), x.mean(0), x.var(0, unbiased=False))
+
+    @torch.no_grad()
+    def fold(self, count: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
+        """Fold the moments (count, mean, population variance) of other samples into the statistics."""
+        mean, var = mean.reshape(self.mean.shape), var.reshape(self.mean.shape)
+        total = self.count + count
+        delta = mean - self.mean
+        new_mean = self.mean + delta * (count / total)
+        m2 = self.var * self.count + var * count + delta.pow(2) * self.count * count / total
         self.mean.copy_(new_mean)
         self.var.copy_(m2 / total)
         self.count.copy_(total)

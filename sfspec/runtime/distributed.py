@@ -277,16 +277,7 @@ def merge_moments(parts: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.
 
 def fold_moments(rms: nn.Module, count: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
     """Fold a batch's moments into a running mean/std (as ``RunningMeanStd.update`` folds a batch)."""
-    with torch.no_grad():
-        shape = rms.mean.shape
-        mean, var = mean.reshape(shape), var.reshape(shape)
-        total = rms.count + count
-        delta = mean - rms.mean
-        new_mean = rms.mean + delta * (count / total)
-        m2 = rms.var * rms.count + var * count + delta.pow(2) * rms.count * count / total
-        rms.mean.copy_(new_mean)
-        rms.var.copy_(m2 / total)
-        rms.count.copy_(total)
+    rms.fold(count, mean, var)
 
 
 def moments_row(rms: nn.Module) -> torch.Tensor:
