@@ -4,14 +4,19 @@
     python benchmarks/rsl_rl.py --envs 1024 4096 --threads 1 2 --rounds 5
 
 Both train ``sfspec/Pendulum-v1`` (the same batched torch env; rsl_rl sees it through its ``VecEnv``
-interface) with a 64-64 tanh actor and a separate 64-64 tanh critic, observation normalisation, a
-state-independent Gaussian (std 1.0), a 16-step rollout, 4 epochs of 4 minibatches, lr 1e-3 adapted
-to a KL of 0.01, gamma 0.95, lambda 0.95, value clipping 0.2, gradient norm 1.0, no entropy bonus,
-on the CPU. Each measurement is a fresh run: one warm-up update, then ``--updates`` timed updates.
-Contenders alternate within each round (who goes first alternates too); the table gives medians and
-sfspec / rsl_rl. ``--learn`` instead trains both for ``--learn-steps`` and prints the mean training
-return of the episodes that end in the last 400 steps per env (at least; Pendulum's episodes are 200
-steps and all envs start together): a check that both learn, not a benchmark.
+interface) with a 64-64 tanh actor and a separate 64-64 tanh critic in torch's default initialisation,
+observation normalisation, a state-independent Gaussian (log-std learned, std 1.0 at first), a 16-step
+rollout, 4 epochs of 4 minibatches with advantages normalised per minibatch, lr 1e-3 adapted to a KL
+of 0.01, gamma 0.95, lambda 0.95, value clipping 0.2, gradient norm 1.0 (actor and critic apart), no
+entropy bonus, on the CPU. What still differs, by design: rsl_rl adapts the lr after every minibatch
+from the Gaussians' exact KL, sfspec after every epoch from the sampled estimate; rsl_rl bootstraps a
+time-out from the value before the step, sfspec from the final observation's; Adam's eps (1e-8 against
+1e-5) and the observation normaliser's epsilon. Each measurement is a fresh run: one warm-up update,
+then ``--updates`` timed updates. Contenders alternate within each round (who goes first alternates
+too); the table gives medians and sfspec / rsl_rl. ``--learn`` instead trains both for
+``--learn-steps`` and prints the mean training return of the whole episodes that end in the last 10%
+of updates (at least one episode's worth; all envs start together), counted alike on both sides: a
+check that both learn, not a benchmark.
 Appends the figures to benchmarks/results.jsonl.
 """
 
@@ -21,6 +26,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import platform
 import statistics
 import sys
@@ -55,6 +61,7 @@ def sfspec_spec(num_envs: int, seed: int = 0) -> dict:
         "env": {"id": ENV_ID, "num_envs": num_envs},
         "model": {
             "normalize_obs": True,
+            "init": {"weights": "default"},  # rsl_rl's MLP keeps torch's default nn.Linear initialisation
             "encoder": [{"mlp": {"sizes": [64, 64], "activation": "tanh"}}],
             "action": {"std": {"init": 1.0, "mode": "state_independent"}, "bounds": "clip"},
         },
@@ -75,6 +82,10 @@ def sfspec_spec(num_envs: int, seed: int = 0) -> dict:
             "max_grad_norm": GRAD_NORM,
         },
     }
+
+
+# sfspec learns the log of the std, within [1e-6, 10]; rsl_rl's default learns the std itself.
+GAUSSIAN = {"class_name": "GaussianDistribution", "init_std": 1.0, "std_type": "log", "std_range": [1e-6, 10.0]}
 
 
 def rsl_cfg() -> dict:
@@ -98,8 +109,9 @@ def rsl_cfg() -> dict:
             "value_loss_coef": 1.0,
             "entropy_coef": 0.0,
             "max_grad_norm": GRAD_NORM,
+            "normalize_advantage_per_mini_batch": True,  # as sfspec does
         },
-        "actor": {**mlp, "distribution_cfg": {"class_name": "GaussianDistribution", "init_std": 1.0}},
+        "actor": {**mlp, "distribution_cfg": GAUSSIAN},
         "critic": mlp,
     }
 
@@ -112,8 +124,9 @@ class RslVecEnv:
         self.num_envs, self.num_actions, self.device, self.cfg = num_envs, 1, "cpu", {}
         self.max_episode_length = self.env.max_episode_steps
         self.obs, _ = self.env.reset(seed=seed)
-        # Episode returns for the learning check (rsl_rl's own buffers are filled only with a log dir).
-        self.returns, self.running = [], torch.zeros(num_envs)
+        # Episode returns for the learning check (rsl_rl's own buffers are filled only with a log dir):
+        # (step per env at which it ended, return), summed from the episode's first step.
+        self.steps, self.finished, self.running = 0, [], torch.zeros(num_envs)
 
     @property
     def episode_length_buf(self) -> torch.Tensor:
@@ -133,13 +146,11 @@ class RslVecEnv:
         """One batched step: observations, rewards, dones and the time-outs for bootstrapping."""
         self.obs, reward, terminated, truncated, _ = self.env.step(actions)
         done = terminated | truncated
-        if self.track:
-            self.running += reward
-            self.returns += self.running[done].tolist()
-            self.running[done] = 0.0
+        self.steps += 1
+        self.running += reward
+        self.finished += [(self.steps, r) for r in self.running[done].tolist()]
+        self.running[done] = 0.0
         return self.get_observations(), reward, done.long(), {"time_outs": truncated.float()}
-
-    track = False
 
 
 def rsl_runner(num_envs: int, seed: int):
@@ -192,24 +203,27 @@ def compare(envs: list[int], threads: list[int], rounds: int, updates: int) -> l
 
 
 def learn_check(num_envs: int, steps: int, seeds: list[int]) -> dict[str, list[float]]:
-    """Mean training return of the episodes ending in the last updates (10%, at least 400 steps), per seed."""
+    """Mean training return of the episodes ending in the last updates (10%, at least one episode), per seed.
+
+    Both sides count the same episodes: whole episodes (from their first step) that end in the last
+    ``last`` updates, weighted alike (every episode once).
+    """
     out: dict[str, list[float]] = {"sfspec": [], "rsl_rl": []}
     updates = max(1, steps // (ROLLOUT * num_envs))
-    last = min(updates, max(updates // 10, 400 // ROLLOUT))
+    episode = make_tensor_env(ENV_ID, 1, device="cpu").max_episode_steps
+    last = min(updates, max(updates // 10, math.ceil(episode / ROLLOUT)))
     for seed in seeds:
         spec = sfspec_spec(num_envs, seed)
         spec["train"].update(steps=updates * ROLLOUT * num_envs, log_interval=1, checkpoint_interval=10**9)
         with tempfile.TemporaryDirectory() as tmp:
             train(spec, Path(tmp) / "run", "cpu", quiet=True)
             rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
-        tail = [r["return_mean"] for r in rows[-last:] if r["return_mean"] is not None]
-        out["sfspec"].append(statistics.mean(tail))
+        tail = [(r["return_mean"], r["episodes"]) for r in rows[-last:] if r["episodes"]]
+        out["sfspec"].append(sum(m * n for m, n in tail) / sum(n for _, n in tail))
         runner, env = rsl_runner(num_envs, seed)
-        if updates > last:
-            runner.learn(updates - last)
-        env.track = True
-        runner.learn(last)
-        out["rsl_rl"].append(statistics.mean(env.returns))
+        runner.learn(updates)
+        window = (updates - last) * ROLLOUT  # episodes ending after this step per env
+        out["rsl_rl"].append(statistics.mean(r for step, r in env.finished if step > window))
     return out
 
 

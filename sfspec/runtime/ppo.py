@@ -428,8 +428,7 @@ def ppo_update(
             if comm.active:
                 comm.average_gradients(params)
             if cfg.max_grad_norm is not None:
-                for group in clip_groups:
-                    nn.utils.clip_grad_norm_(group, cfg.max_grad_norm, foreach=True)
+                clip_grad_norms_(clip_groups, cfg.max_grad_norm)
             optimizer.step()
             for key, value in stats.items():
                 totals[key] = totals.get(key, 0.0) + value
@@ -462,6 +461,24 @@ def gradient_clip_groups(model: nn.Module) -> list[list[nn.Parameter]]:
     critic = [p for name, p in params if name.startswith(("critic_stack.", "critic_linear."))]
     actor = [p for name, p in params if not name.startswith(("critic_stack.", "critic_linear."))]
     return [group for group in (actor, critic) if group]
+
+
+def clip_grad_norms_(groups: list[list[nn.Parameter]], max_norm: float) -> None:
+    """Scale each group's gradients to a norm of at most ``max_norm`` (as ``clip_grad_norm_``, per group).
+
+    One fused norm over every gradient, then one multiply per group: as cheap as a single joint clip.
+    """
+    grads = [[p.grad for p in group if p.grad is not None] for group in groups]
+    flat = [g for group in grads for g in group]
+    if not flat:
+        return
+    norms = torch.stack(torch._foreach_norm(flat))
+    start = 0
+    for group in grads:
+        if group:
+            total = norms[start : start + len(group)].norm()
+            torch._foreach_mul_(group, (max_norm / (total + 1e-6)).clamp(max=1.0))
+        start += len(group)
 
 
 def _adapt_lr(optimizer: torch.optim.Optimizer, kl: float, desired: float) -> None:
