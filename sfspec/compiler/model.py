@@ -329,6 +329,10 @@ class ActorCritic(nn.Module):
         new_states = [new_flat[:, s.start : s.start + s.width].reshape(-1, s.layers, s.hidden) for s in slots]
         return out["action_params"], new_states, out["values"] if with_value else None
 
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The parameters only the value reads (a separate critic's); none by default (one shared network)."""
+        return []
+
     def summary_rows(self) -> list[ModuleRow]:
         """Rows for a model summary; by default one per top-level child module."""
         return [ModuleRow(name, type(child).__name__, (), child) for name, child in self.named_children()]

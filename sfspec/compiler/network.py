@@ -223,6 +223,12 @@ class CompiledActorCritic(ActorCritic):
         # forward then runs them as one batched matmul per layer (None: stack by stack).
         self.batched_pairs = None if plan.shared else paired_layers(self.actor_stack, self.critic_stack)
 
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The critic stack's and the value head's parameters; none when the weights are shared."""
+        if self.critic_stack is None:
+            return []
+        return [*self.critic_stack.parameters(), *self.critic_linear.parameters()]
+
     def forward(self, normalized_obs: ObsDict, rnn_states: torch.Tensor, values_only: bool = False) -> dict:
         if self.batched_pairs is not None and not values_only:
             return self._forward_batched(normalized_obs, rnn_states)

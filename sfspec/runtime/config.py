@@ -57,7 +57,12 @@ PPO_PARAMS: dict[str, dict] = {
     "value_clip": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},
     "entropy_coef": {"type": "number", "minimum": 0, "default": 0.0},
     "value_coef": {"type": "number", "minimum": 0, "default": 0.5},
-    "max_grad_norm": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": 0.5},
+    "max_grad_norm": {
+        "type": ["number", "null"],
+        "exclusiveMinimum": 0,
+        "default": 0.5,
+        "description": "bound on each side's gradient norm (actor and critic clipped apart; shared weights: one norm)",
+    },
     "normalize_advantages": {"type": "boolean", "default": True},
     "normalize_returns": {"type": "boolean", "default": False},
     "target_kl": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None},

@@ -448,19 +448,20 @@ def ppo_update(
     return out
 
 
-def gradient_clip_groups(model: nn.Module) -> list[list[nn.Parameter]]:
+def gradient_clip_groups(model: ActorCritic) -> list[list[nn.Parameter]]:
     """The parameter groups whose gradient norms ``max_grad_norm`` bounds, each on its own.
 
-    With a separate critic stack, the actor's parameters and the critic's are clipped apart (as
-    rsl_rl does): the value loss's gradient, often hundreds of times the policy's, would otherwise
-    set the common scale and shrink the policy's step to almost nothing. Shared weights: one group.
+    With a separate critic, the actor's parameters and the critic's are clipped apart (as rsl_rl
+    does): the value loss's gradient, often hundreds of times the policy's, would otherwise set the
+    common scale and shrink the policy's step to almost nothing. The model contract says which
+    parameters are the critic's (``critic_parameters``); shared weights (or a model that does not
+    say): one group.
     """
-    params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if getattr(model, "critic_stack", None) is None:
-        return [[p for _, p in params]]
-    critic = [p for name, p in params if name.startswith(("critic_stack.", "critic_linear."))]
-    actor = [p for name, p in params if not name.startswith(("critic_stack.", "critic_linear."))]
-    return [group for group in (actor, critic) if group]
+    critic = {id(p) for p in model.critic_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    actor = [p for p in trainable if id(p) not in critic]
+    critic_side = [p for p in trainable if id(p) in critic]
+    return [group for group in (actor, critic_side) if group]
 
 
 def clip_grad_norms_(groups: list[list[nn.Parameter]], max_norm: float) -> None:
