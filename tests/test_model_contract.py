@@ -197,3 +197,34 @@ def test_the_model_defaults_are_the_schemas_and_a_hand_built_model_uses_them():
     head = hand_built.action_parameterization
     assert head.bounds == BOUNDS_PARAM["default"]
     assert head.log_std_max == pytest.approx(np.log(STD_PARAMS["max"]["default"]))
+
+
+@pytest.mark.parametrize(
+    "core",
+    [
+        [{"lstm": {"hidden": 8, "layers": 2}}],
+        [{"gru": 6}, {"linear": 5}, "tanh", {"lstm": 4}],  # recurrent layers between feed-forward ones
+    ],
+)
+def test_evaluate_over_segments_computes_what_stepping_one_step_at_a_time_computes(core) -> None:
+    """The update runs the core over whole segments between episode starts; the result is the stepped one."""
+    torch.manual_seed(0)
+    obs_space, act_space = spaces.Box(-1.0, 1.0, (3,), np.float32), spaces.Box(-1.0, 1.0, (2,), np.float32)
+    model = compile_model({"model": {"encoder": [{"linear": 8}, "tanh"], "core": core}}, obs_space, act_space)
+    steps, batch = 12, 3
+    obs = {"obs": torch.randn(steps, batch, 3)}
+    starts = torch.zeros(steps, batch)
+    starts[0, :] = 1.0
+    starts[4, 1] = starts[7, 0] = starts[7, 2] = starts[11, 1] = 1.0  # staggered episode starts
+    state = torch.randn(batch, model.state_size)
+    actions = torch.randn(steps, batch, 2)
+    log_probs, _, values = model.evaluate(obs, state, starts, actions)
+    stepped_lp, stepped_v, h = [], [], state
+    for t in range(steps):  # the reference: act-style single steps, state zeroed where a row starts
+        h = h * (1.0 - starts[t]).unsqueeze(-1)
+        out = model(model.preprocessor({"obs": obs["obs"][t]}), h)
+        stepped_lp.append(model.action_head.distribution(out["action_params"]).log_prob(actions[t]))
+        stepped_v.append(out["values"])
+        h = out["new_rnn_states"]
+    torch.testing.assert_close(log_probs, torch.stack(stepped_lp), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, torch.stack(stepped_v), rtol=1e-5, atol=1e-5)

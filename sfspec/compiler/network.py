@@ -7,6 +7,8 @@ on the named states directly (no flat-state round trip in exported graphs).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -82,32 +84,43 @@ class SpecCore(ModelCore):
     def forward_sequence(
         self, x: torch.Tensor, state: torch.Tensor, starts: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like ``ModelCore.forward_sequence``, unpacking the flat state once rather than every step."""
+        """Like ``ModelCore.forward_sequence``, unpacking the flat state once rather than every step.
+
+        The recurrent layers run over whole segments between the steps where some row starts an
+        episode (one torch RNN call per segment and layer, not one per step): the state is zeroed
+        only there, so the result is the step-by-step one. Finding the segments reads ``starts``
+        back to the host once (training's update only; the rollout steps one at a time).
+        """
         if not self._state_size:
             steps, batch = x.shape[:2]
             return self.forward_layers(x.reshape(steps * batch, -1), [])[0].reshape(steps, batch, -1), state
         states, outputs = self.unpack_state(state), []
-        for t in range(x.shape[0]):
-            keep = (1.0 - starts[t]).reshape(1, -1, 1)
-            out, states = self.forward_layers(x[t], [s * keep for s in states])
+        bounds = segment_bounds(starts)
+        for begin, end in itertools.pairwise(bounds):
+            keep = (1.0 - starts[begin]).reshape(1, -1, 1)
+            out, states = self.forward_layers(x[begin:end], [s * keep for s in states], sequence=True)
             outputs.append(out)
-        return torch.stack(outputs), self.pack_state(states)
+        return torch.cat(outputs), self.pack_state(states)
 
-    def forward_layers(self, x: torch.Tensor, states: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One step on per-layer states in torch's (layers, batch, hidden) layout: h, then c for an LSTM."""
+    def forward_layers(
+        self, x: torch.Tensor, states: list[torch.Tensor], sequence: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One step (or, with ``sequence``, a (T, B, F) run of steps) on per-layer states in torch's
+        (layers, batch, hidden) layout: h, then c for an LSTM."""
         new_states: list[torch.Tensor] = []
         for layer, kind in zip(self.layers, self.kinds):
-            if kind == "ff":
-                x = layer(x)
+            if kind == "ff":  # feed-forward layers see (rows, features), as in a single step
+                x = layer(x.flatten(0, 1)).unflatten(0, x.shape[:2]) if sequence else layer(x)
                 continue
             i = len(new_states)
+            seq = x if sequence else x.unsqueeze(0)
             if kind == "gru":
-                y, h = layer(x.unsqueeze(0), states[i])
+                y, h = layer(seq, states[i])
                 new_states.append(h)
             else:
-                y, (h, c) = layer(x.unsqueeze(0), (states[i], states[i + 1]))
+                y, (h, c) = layer(seq, (states[i], states[i + 1]))
                 new_states += [h, c]
-            x = y.squeeze(0)
+            x = y if sequence else y.squeeze(0)
         return x, new_states
 
     def unpack_state(self, state: torch.Tensor) -> list[torch.Tensor]:
@@ -200,6 +213,12 @@ class Stack(nn.Module):
         x = self.encoder(obs)  # encoder and decoder are feed-forward: one batched call each
         y, _ = self.core.forward_sequence(x.reshape(steps, batch, -1), state, starts)
         return self.decoder(y.reshape(steps * batch, -1))
+
+
+def segment_bounds(starts: torch.Tensor) -> list[int]:
+    """0, every step t > 0 where some row of the (T, B) ``starts`` begins an episode, and T."""
+    inner = (torch.nonzero(starts[1:].any(dim=1)).flatten() + 1).tolist()
+    return [0, *inner, starts.shape[0]]
 
 
 class CompiledActorCritic(ActorCritic):
