@@ -28,11 +28,10 @@ class RobotInterface(nn.Module):
         self.raw_inputs: dict[str, ObsInput] = observation_inputs(obs_space)
         self.keys = list(cfg.observations)
         self.histories = cfg.histories
-        self.frame_shapes = {k: tuple(leaves[k].shape) for k in self.keys}
         self.frame_sizes = {k: int(np.prod(leaves[k].shape)) for k in self.keys}
         self._names: dict[str, tuple[str, str, str | None, str | None]] = {}
         for i, key in enumerate(self.keys):  # buffer names may not contain '.', input names may
-            self._names[key] = self._register(f"obs_{i}", cfg.observations[key], self.frame_shapes[key])
+            self._names[key] = self._register(f"obs_{i}", cfg.observations[key], tuple(leaves[key].shape))
         self.action_size = int(np.prod(action_space.shape)) if cfg.actions is not None or cfg.last_action else 0
         self.scales_actions = cfg.actions is not None
         if cfg.actions is not None:

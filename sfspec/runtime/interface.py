@@ -73,29 +73,27 @@ class InterfaceAdapter:
 
     def _observe(self, obs: ObsDict, starts: torch.Tensor) -> ObsDict:
         """Network-unit inputs; histories pushed (filled where ``starts``), the last action added."""
-        out = {}
-        for key, value in obs.items():
-            frame = self.interface.observe(key, value)
-            if key in self._history:
-                self._history[key] = self.interface.stack(key, self._history[key], frame, starts)
-                frame = self._history[key].flatten(1)
-            out[key] = frame
-        if self._last_action is not None:
-            out[LAST_ACTION] = self._last_action
+        out, self._history = self._view(obs, starts, self._last_action)
         return out
 
     def _peek(self, obs: ObsDict, actions: torch.Tensor) -> ObsDict:
         """What the policy would see after ``obs`` within the same episode (for bootstrapping), state untouched."""
-        out = {}
-        keep = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        within = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        last = actions.to(torch.float32) if self._last_action is not None else None
+        return self._view(obs, within, last)[0]
+
+    def _view(self, obs: ObsDict, starts: torch.Tensor, last_action: torch.Tensor | None) -> tuple[ObsDict, dict]:
+        """The network's inputs after ``obs`` (histories pushed, filled where ``starts``), and the new histories."""
+        out, histories = {}, {}
         for key, value in obs.items():
             frame = self.interface.observe(key, value)
             if key in self._history:
-                frame = self.interface.stack(key, self._history[key], frame, keep).flatten(1)
+                histories[key] = self.interface.stack(key, self._history[key], frame, starts)
+                frame = histories[key].flatten(1)
             out[key] = frame
-        if self._last_action is not None:
-            out[LAST_ACTION] = actions.to(torch.float32)
-        return out
+        if last_action is not None:
+            out[LAST_ACTION] = last_action
+        return out, histories
 
     def close(self) -> None:
         """Release the environments."""
