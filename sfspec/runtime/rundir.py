@@ -105,8 +105,9 @@ def mark_launch(run_dir: Path, run_id: str) -> None:
 
 
 def _launch_of(run_dir: Path) -> str | None:
-    try:
-        return (run_dir / LAUNCH_NAME).read_text(encoding="utf-8").strip()
+    try:  # a job id is short: never read more of a file someone else may have put there
+        with open(run_dir / LAUNCH_NAME, "rb") as marker:
+            return marker.read(256).decode("utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return None
 
