@@ -430,6 +430,10 @@ def test_the_rank_failure_message_and_the_launch_marker(tmp_path):
     mark_launch(first, "job")
     assert find_launched_run(second, "job") == first  # a restart's new default name finds the first attempt's
     assert find_launched_run(second, "other") is None and find_launched_run(first, "") is None
+    planted = tmp_path / "runs" / "a-3"  # a marker someone else wrote, far longer than any job id
+    planted.mkdir()
+    (planted / ".torchrun").write_text("job" + " " * 10_000 + "x")
+    assert find_launched_run(planted, "job" + " " * 10_000 + "x") is None  # read bounded: never that marker
 
 
 def test_a_non_finite_loss_on_one_rank_is_named_with_that_rank_on_every_rank():
